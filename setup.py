@@ -1,0 +1,48 @@
+"""Keras InsightFace: ArcFace-family face recognition training on Keras 3 / TensorFlow."""
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_insightface",
+    version="0.1.0",
+    description="Face recognition training (ArcFace family) on Keras 3 and TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10,<3.13",
+    py_modules=[
+        "data",
+        "demo",
+        "evals",
+        "export",
+        "IJB_evals",
+        "io_utils",
+        "losses",
+        "model_interf",
+        "models",
+        "myCallbacks",
+        "optimizers",
+        "prepare_data",
+        "recordio",
+        "train",
+        "data_drop_top_k",
+        "data_distiller",
+    ],
+    packages=find_packages(include=["backbones", "backbones.*"]),
+    install_requires=[
+        "tensorflow-cpu>=2.20; platform_machine=='x86_64' or platform_machine=='AMD64'",
+        "tensorflow>=2.20; platform_machine!='x86_64' and platform_machine!='AMD64'",
+        "keras>=3.5",
+        "numpy>=2.0",
+        "pandas",
+        "scikit-learn",
+        "scikit-image",
+        "tqdm",
+        "opencv-python-headless",
+    ],
+    extras_require={
+        "test": ["pytest", "onnxruntime", "onnx", "tf2onnx", "matplotlib"],
+        "onnx": ["onnxruntime", "onnx", "tf2onnx"],
+        "torch": ["torch"],
+        "plot": ["matplotlib"],
+    },
+)
