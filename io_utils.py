@@ -42,3 +42,48 @@ def atomic_write_bytes(path, data):
 def atomic_write_text(path, text):
     """Write `text` (utf-8) to `path` atomically.  Usage: atomic_write_text("h.json", json.dumps(h))"""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_SAFE_PICKLE_GLOBALS = {
+    ("_codecs", "encode"),  # how Python 2 / protocol 2 pickles store `bytes`
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class UnsafePickleError(ValueError):
+    """Raised when a pickle asks for anything beyond containers, bytes, numbers and numpy arrays."""
+
+
+def safe_load_pickle(path, encoding="bytes"):
+    """Load a pickle that may hold only containers, bytes / str, bools / numbers and numpy arrays.
+
+    Any other global (a function or class that could run code) is refused before it is called.
+    Usage: bins, issame_list = safe_load_pickle("lfw.bin")
+    """
+    import pickle
+
+    import numpy as np  # noqa: F401  (the allowed numpy globals are resolved through it)
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in _SAFE_PICKLE_GLOBALS:
+                raise UnsafePickleError(
+                    "{}: refusing to load, the pickle references '{}.{}'; only containers, bytes, "
+                    "numbers and numpy arrays are accepted".format(path, module, name)
+                )
+            return super().find_class(module, name)
+
+    with open(path, "rb") as ff:
+        try:
+            return _Restricted(ff, encoding=encoding).load()
+        except UnsafePickleError:
+            raise
+        except Exception as error:
+            raise ValueError("{}: not a readable pickle ({}: {})".format(path, type(error).__name__, error)) from error

@@ -1,0 +1,220 @@
+"""Native reader for MXNet RecordIO files (`train.rec` + `train.idx`), no mxnet needed.
+
+Format: each record is uint32 magic 0xced7230a, uint32 `lrec` (upper 3 bits: continue flag
+0 whole / 1 first / 2 middle / 3 last part; lower 29 bits: payload length), the payload, and
+zero padding to a multiple of 4 bytes. The `.idx` file is text, `key<TAB>byte offset` per line.
+An image payload starts with the header `<IfQQ` (flag, label, id, id2); when flag > 0, `flag`
+float32 labels follow. The rest is the encoded image.
+
+Usage:
+    with RecordReader("faces_emore/train.rec") as reader:
+        for key, header, image in iter_images(reader):
+            print(key, class_of(header), len(image))
+"""
+import collections
+import os
+import struct
+
+MAGIC = 0xCED7230A
+_RECORD_HEAD = struct.Struct("<II")
+_IMAGE_HEAD = struct.Struct("<IfQQ")
+_LENGTH_MASK = (1 << 29) - 1
+_WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
+
+IRHeader = collections.namedtuple("IRHeader", ["flag", "label", "id", "id2"])
+IRHeader.__doc__ = "Image record header: `label` is a float, or a tuple of floats when flag > 0."
+
+
+class RecordIOError(ValueError):
+    """A `.rec` / `.idx` file that does not follow the RecordIO format."""
+
+
+def unpack(payload):
+    """Split a record payload into (IRHeader, image_bytes).  Usage: header, image = unpack(payload)"""
+    if len(payload) < _IMAGE_HEAD.size:
+        raise RecordIOError("record payload of {} bytes is shorter than the {}-byte header".format(len(payload), _IMAGE_HEAD.size))
+    flag, label, id1, id2 = _IMAGE_HEAD.unpack_from(payload)
+    start = _IMAGE_HEAD.size
+    if flag > 0:
+        end = start + 4 * flag
+        if end > len(payload):
+            raise RecordIOError("record payload of {} bytes is too short for its {} labels".format(len(payload), flag))
+        label = struct.unpack_from("<{}f".format(flag), payload, start)
+        start = end
+    return IRHeader(flag, label, id1, id2), payload[start:]
+
+
+def class_of(header):
+    """The class of an image record: the scalar label, or the first of the labels."""
+    label = header.label[0] if isinstance(header.label, tuple) else header.label
+    return int(label)
+
+
+def read_index(idx_path):
+    """Read a `.idx` file into {key: byte offset}, in file order.  Usage: offsets = read_index("train.idx")"""
+    offsets = {}
+    with open(idx_path, "r") as ff:
+        for line_no, line in enumerate(ff, start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            try:
+                key, offset = int(fields[0]), int(fields[1])
+            except (ValueError, IndexError):
+                raise RecordIOError("{}, line {}: expected 'key<TAB>offset', got {!r}".format(idx_path, line_no, line.rstrip("\n"))) from None
+            offsets[key] = offset
+    return offsets
+
+
+class RecordReader:
+    """Random and sequential access to the records of one `.rec` file.
+
+    Usage:
+        reader = RecordReader("train.rec")   # uses train.idx beside it when present
+        payload = reader.read_key(1)
+        for offset, payload in reader.scan(): ...
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = os.fspath(rec_path)
+        if idx_path is None:
+            idx_path = os.path.splitext(self.rec_path)[0] + ".idx"
+        self.idx_path = idx_path if os.path.exists(idx_path) else None
+        self.offsets = read_index(self.idx_path) if self.idx_path else None
+        self.size = os.path.getsize(self.rec_path)
+        self._file = open(self.rec_path, "rb")
+        if self.offsets:
+            self._check_index()
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def error(self, offset, what):
+        """A RecordIOError naming this file and the byte offset of the faulty record."""
+        return RecordIOError("{}: corrupt or truncated RecordIO at byte offset {}: {}".format(self.rec_path, offset, what))
+
+    def _check_index(self):
+        """Fail early on a truncated copy: the last record the `.idx` places inside the file must be whole,
+        and no offset may lie past the end."""
+        inside = [offset for offset in self.offsets.values() if offset < self.size]
+        if inside:
+            self.read_at(max(inside))
+        beyond = [offset for offset in self.offsets.values() if offset >= self.size]
+        if beyond:
+            raise self.error(min(beyond), "{} places a record there, past the end of the file ({} bytes)".format(self.idx_path, self.size))
+
+    def _read_part(self, offset):
+        """Read one physical record at `offset`: (continue flag, data, offset of the next record)."""
+        self._file.seek(offset)
+        head = self._file.read(_RECORD_HEAD.size)
+        if len(head) < _RECORD_HEAD.size:
+            raise self.error(offset, "record header cut off by the end of the file ({} bytes)".format(self.size))
+        magic, lrec = _RECORD_HEAD.unpack(head)
+        if magic != MAGIC:
+            raise self.error(offset, "bad magic 0x{:08x}, expected 0x{:08x}".format(magic, MAGIC))
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        data = self._file.read(length)
+        if len(data) < length:
+            raise self.error(offset, "record of {} bytes runs past the end of the file ({} bytes)".format(length, self.size))
+        return cflag, data, offset + _RECORD_HEAD.size + ((length + 3) & ~3)
+
+    def read_at(self, offset):
+        """Read the logical record starting at `offset`, joining multi-part records: (payload, next offset)."""
+        cflag, data, next_offset = self._read_part(offset)
+        if cflag == _WHOLE:
+            return data, next_offset
+        if cflag != _FIRST:
+            raise self.error(offset, "record starts with continue flag {}, expected 0 or 1".format(cflag))
+        parts = [data]
+        while cflag != _LAST:
+            part_offset = next_offset
+            cflag, data, next_offset = self._read_part(part_offset)
+            if cflag not in (_MIDDLE, _LAST):
+                raise self.error(part_offset, "multi-part record continues with flag {}, expected 2 or 3".format(cflag))
+            parts.append(data)
+        # The writer cuts a payload at each 4-byte-aligned occurrence of the magic and drops it: put it back.
+        return struct.pack("<I", MAGIC).join(parts), next_offset
+
+    def read_key(self, key):
+        """Read the record stored under `key` in the `.idx` file."""
+        if self.offsets is None:
+            raise RecordIOError("{}: no .idx file beside it, records can only be read sequentially".format(self.rec_path))
+        if key not in self.offsets:
+            raise RecordIOError("{}: key {} is not listed in {}".format(self.rec_path, key, self.idx_path))
+        return self.read_at(self.offsets[key])[0]
+
+    def scan(self):
+        """Yield (offset, payload) for every record, in file order."""
+        offset = 0
+        while offset < self.size:
+            payload, next_offset = self.read_at(offset)
+            yield offset, payload
+            offset = next_offset
+
+
+def _is_metadata(header, image):
+    """insightface's header and identity records: labels only, no image bytes."""
+    return header.flag > 0 and len(image) == 0
+
+
+def image_keys(reader):
+    """The keys of the image records of an indexed file, in order.
+
+    insightface layout: record 0 holds labels (a, b) and no image; images are keys 1 .. a-1.
+    A shuffled file has no such header: every key is an image.
+    """
+    if 0 in reader.offsets:
+        header, image = read_image(reader, reader.offsets[0])
+        if _is_metadata(header, image):
+            keys = range(1, int(header.label[0]))
+            missing = [key for key in keys if key not in reader.offsets]
+            if missing:
+                raise RecordIOError("{}: header record lists images 1 .. {} but keys {} are missing".format(
+                    reader.idx_path, keys.stop - 1, missing[:5]))
+            return list(keys)
+    return sorted(reader.offsets, key=reader.offsets.get)
+
+
+def index_images(reader):
+    """[(key, offset)] of every image record, in reading order.
+
+    With an `.idx` file the keys come from it. Without one the file is scanned in order (this also
+    checks the whole file before anything is extracted); records without image bytes (insightface's
+    header / identity records) are skipped, and each image is keyed by the `id` of its header (the key
+    mxnet's writers store there), or by its position among the images when those ids are not unique.
+    Usage: for key, offset in index_images(reader): header, image = read_image(reader, offset)
+    """
+    if reader.offsets is not None:
+        return [(key, reader.offsets[key]) for key in image_keys(reader)]
+    found = []
+    for offset, payload in reader.scan():
+        header, image = _unpack_at(reader, offset, payload)
+        if not _is_metadata(header, image):
+            found.append((header.id, offset))
+    if len({key for key, _ in found}) < len(found):
+        found = [(position, offset) for position, (_, offset) in enumerate(found)]
+    return found
+
+
+def read_image(reader, offset):
+    """(IRHeader, image_bytes) of the record at `offset`."""
+    return _unpack_at(reader, offset, reader.read_at(offset)[0])
+
+
+def _unpack_at(reader, offset, payload):
+    try:
+        return unpack(payload)
+    except RecordIOError as error:
+        raise reader.error(offset, str(error)) from None
+
+
+def iter_images(reader):
+    """Yield (key, IRHeader, image_bytes) for every image record of `reader`."""
+    for key, offset in index_images(reader):
+        yield (key,) + read_image(reader, offset)

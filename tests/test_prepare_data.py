@@ -1,0 +1,359 @@
+"""Tests of recordio.py and prepare_data.py against the mxnet-written fixture and RecordIO files written here."""
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import io_utils
+import prepare_data
+import recordio
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, "tests", "data", "faces_rec")
+MAGIC = struct.pack("<I", 0xCED7230A)
+
+with open(os.path.join(FIXTURE, "expected.json")) as _ff:
+    EXPECTED = json.load(_ff)
+EXPECTED_FILES = {"{}/{}.jpg".format(rr["label"], rr["key"]): rr["sha256"] for rr in EXPECTED["records"]}
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def copy_fixture(tmp_path, names=("train.rec", "train.idx", "property", "lfw.bin", "cfp_fp.bin")):
+    dataset_dir = tmp_path / "faces_rec"
+    dataset_dir.mkdir()
+    for name in names:
+        shutil.copyfile(os.path.join(FIXTURE, name), dataset_dir / name)
+    return dataset_dir
+
+
+def tree_sha256(folder):
+    """{relative path: sha256} of every file under `folder`, hidden files included."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as ff:
+                found[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(ff.read()).hexdigest()
+    return found
+
+
+def image_files(folder):
+    return {path: sha for path, sha in tree_sha256(folder).items() if not os.path.basename(path).startswith(".")}
+
+
+def pack_record(key, label, image):
+    """An image payload as mxnet.recordio.pack makes it: `<IfQQ` header, float32 labels when flag > 0, image."""
+    if isinstance(label, (tuple, list)):
+        return struct.pack("<IfQQ", len(label), 0.0, key, 0) + struct.pack("<{}f".format(len(label)), *label) + image
+    return struct.pack("<IfQQ", 0, float(label), key, 0) + image
+
+
+def write_recordio(rec_path, idx_path, records):
+    """Write (key, payload) records the way dmlc's RecordIOWriter does; returns the number of parts written.
+
+    The payload is cut at every 4-byte-aligned copy of the magic, which is dropped; the parts are written
+    with continue flags 1 / 2 / 3 (0 for a whole record), and zero padding to 4 bytes follows the last part.
+    """
+    num_parts = 0
+    with open(rec_path, "wb") as rec, (open(idx_path, "w") if idx_path else open(os.devnull, "w")) as idx:
+        for key, payload in records:
+            idx.write("{}\t{}\n".format(key, rec.tell()))
+            cuts = [ii for ii in range(0, len(payload) - len(payload) % 4, 4) if payload[ii : ii + 4] == MAGIC]
+            starts, ends = [0] + [ii + 4 for ii in cuts], cuts + [len(payload)]
+            parts = [payload[start:end] for start, end in zip(starts, ends)]
+            for nn, part in enumerate(parts):
+                cflag = 0 if len(parts) == 1 else 1 if nn == 0 else 3 if nn == len(parts) - 1 else 2
+                rec.write(MAGIC + struct.pack("<I", (cflag << 29) | len(part)) + part)
+            rec.write(b"\0" * (-len(payload) % 4))
+            num_parts += len(parts)
+    return num_parts
+
+
+def shuffled_images():
+    """(key, label, image bytes) in file order: no header record, key 0 an image with array labels,
+    payloads holding the magic at aligned places (multi-part, an empty middle part, magic at the end)
+    and at an unaligned place (no cut), lengths not multiple of 4 (padding)."""
+    rng = np.random.default_rng(7)
+
+    def noise(size):
+        return rng.integers(0, 256, size, dtype=np.uint8).tobytes().replace(MAGIC, b"\0\0\0\0")
+
+    return [
+        (3, 1, b"\xff\xd8\xff" + noise(50)),
+        (0, (2.0, 0.25), noise(44) + MAGIC + MAGIC + noise(15) + MAGIC + noise(9)),  # aligned x2, unaligned x1
+        (5, 0, noise(20) + MAGIC),  # ends with the magic: an empty last part
+        (1, (0.0, 1.0, 5.0), noise(8) + MAGIC + noise(101)),
+        (6, 2, noise(33)),
+        (2, (1.0,), MAGIC + noise(64)),  # image starts with the magic: an empty first part
+        (4, 2, noise(7)),
+    ]
+
+
+def class_of_label(label):
+    return int(label[0]) if isinstance(label, tuple) else int(label)
+
+
+# ---- extraction of the mxnet-written fixture -------------------------------------------------------------
+
+
+def test_extract_fixture_matches_expected(tmp_path, capsys):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = prepare_data.extract_recordio(str(dataset_dir) + "/")
+    assert save_dir == str(tmp_path / "faces_rec_112x112_folders")
+    assert image_files(save_dir) == EXPECTED_FILES
+    assert sorted(os.listdir(save_dir)) == sorted([prepare_data.COMPLETION_MARKER] + [str(cc) for cc in range(EXPECTED["num_classes"])])
+    assert ">>>> " in capsys.readouterr().out
+
+
+def test_extract_without_idx_scans_sequentially(tmp_path):
+    dataset_dir = copy_fixture(tmp_path, names=("train.rec", "property"))
+    save_dir = prepare_data.extract_recordio(dataset_dir, save_dir=tmp_path / "out")
+    assert image_files(save_dir) == EXPECTED_FILES
+
+
+def test_reader_by_key_and_header_record():
+    with recordio.RecordReader(os.path.join(FIXTURE, "train.rec")) as reader:
+        header, image = recordio.read_image(reader, reader.offsets[0])
+        assert header.flag > 0 and image == b""
+        assert recordio.image_keys(reader) == [rr["key"] for rr in EXPECTED["records"]]
+        for rr in EXPECTED["records"][:3]:
+            header, image = recordio.unpack(reader.read_key(rr["key"]))
+            assert recordio.class_of(header) == rr["label"]
+            assert hashlib.sha256(image).hexdigest() == rr["sha256"]
+
+
+def test_rerun_skips_work_done(tmp_path, capsys):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = prepare_data.extract_recordio(dataset_dir)
+    inodes = {path: os.stat(os.path.join(save_dir, path)).st_ino for path in EXPECTED_FILES}
+
+    capsys.readouterr()
+    prepare_data.extract_recordio(dataset_dir)
+    assert "skipping dataset conversion" in capsys.readouterr().out
+    assert {path: os.stat(os.path.join(save_dir, path)).st_ino for path in EXPECTED_FILES} == inodes
+
+    # An interrupted run (no completion marker, one image missing) only writes what is missing.
+    os.remove(os.path.join(save_dir, prepare_data.COMPLETION_MARKER))
+    removed = sorted(EXPECTED_FILES)[4]
+    os.remove(os.path.join(save_dir, removed))
+    prepare_data.extract_recordio(dataset_dir)
+    assert "(1 written, {} already there)".format(len(EXPECTED_FILES) - 1) in capsys.readouterr().out
+    assert image_files(save_dir) == EXPECTED_FILES
+    assert all(os.stat(os.path.join(save_dir, path)).st_ino == inode for path, inode in inodes.items() if path != removed)
+
+
+def test_limit_extracts_first_images_without_marker(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = prepare_data.extract_recordio(dataset_dir, limit=4)
+    assert image_files(save_dir) == {path: sha for path, sha in EXPECTED_FILES.items() if path in {"0/1.jpg", "0/2.jpg", "0/3.jpg", "0/4.jpg"}}
+    assert not os.path.exists(os.path.join(save_dir, prepare_data.COMPLETION_MARKER))
+
+
+def test_property_class_count_mismatch_is_an_error(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    (dataset_dir / "property").write_text("7,112,112")
+    with pytest.raises(ValueError, match="property.*num_classes=7.*6 classes"):
+        prepare_data.extract_recordio(dataset_dir)
+    assert not os.path.exists(os.path.join(prepare_data.default_save_dir(str(dataset_dir)), prepare_data.COMPLETION_MARKER))
+
+
+# ---- corrupt input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("names", [("train.rec", "train.idx"), ("train.rec",)], ids=["idx", "no_idx"])
+def test_truncated_rec_fails_before_writing_naming_file_and_offset(tmp_path, names):
+    dataset_dir = copy_fixture(tmp_path, names=names)
+    rec_path = dataset_dir / "train.rec"
+    cut = 100000
+    with open(rec_path, "r+b") as ff:
+        ff.truncate(cut)
+    offsets = sorted(int(line.split("\t")[1]) for line in open(os.path.join(FIXTURE, "train.idx")) if line.strip())
+    cut_record = max(offset for offset in offsets if offset < cut)  # the record the cut falls into
+    assert cut_record == 93876
+
+    with pytest.raises(recordio.RecordIOError) as error:
+        prepare_data.extract_recordio(dataset_dir)
+    assert str(error.value).startswith(str(rec_path) + ":") and "byte offset {}".format(cut_record) in str(error.value)
+    assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
+
+
+def test_corrupt_record_midway_leaves_only_complete_files(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    with open(dataset_dir / "train.rec", "r+b") as ff:
+        ff.seek(93876)  # key 12 in train.idx
+        ff.write(b"\0\0\0\0")
+    with pytest.raises(recordio.RecordIOError, match="train.rec: .* byte offset 93876: bad magic 0x00000000"):
+        prepare_data.extract_recordio(dataset_dir)
+    on_disk = tree_sha256(prepare_data.default_save_dir(str(dataset_dir)))  # hidden temporary files included
+    assert on_disk == {path: sha for path, sha in EXPECTED_FILES.items() if int(path.split("/")[1][:-4]) < 12}
+
+
+def test_idx_pointing_past_the_end_is_an_error(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    with open(dataset_dir / "train.idx", "a") as ff:
+        ff.write("37\t999999\n")
+    with pytest.raises(recordio.RecordIOError, match="train.rec: .* byte offset 999999: .*train.idx"):
+        prepare_data.extract_recordio(dataset_dir)
+
+
+def test_missing_rec_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.rec"):
+        prepare_data.extract_recordio(tmp_path)
+
+
+# ---- shuffled RecordIO without header, written here ------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_idx", [True, False])
+def test_shuffled_multipart_array_labels(tmp_path, with_idx):
+    images = shuffled_images()
+    dataset_dir = tmp_path / "shuffled"
+    dataset_dir.mkdir()
+    records = [(key, pack_record(key, label, image)) for key, label, image in images]
+    write_recordio(dataset_dir / "train.rec", dataset_dir / "train.idx" if with_idx else None, records)
+    assert os.path.getsize(dataset_dir / "train.rec") % 4 == 0
+
+    save_dir = prepare_data.extract_recordio(dataset_dir)
+    expected = {"{}/{}.jpg".format(class_of_label(label), key): hashlib.sha256(image).hexdigest() for key, label, image in images}
+    assert image_files(save_dir) == expected
+
+
+def test_multipart_payloads_read_back_whole(tmp_path):
+    records = [(key, pack_record(key, label, image)) for key, label, image in shuffled_images()]
+    num_parts = write_recordio(tmp_path / "a.rec", tmp_path / "a.idx", records)
+    assert num_parts == len(records) + 2 + 1 + 1 + 1  # the cuts of keys 0 (two), 5, 1 and 2
+    with recordio.RecordReader(tmp_path / "a.rec") as reader:
+        assert [reader.read_key(key) for key, _ in records] == [payload for _, payload in records]
+        assert [payload for _, payload in reader.scan()] == [payload for _, payload in records]
+        header, _ = recordio.unpack(reader.read_key(1))
+        assert header.flag == 3 and header.label == (0.0, 1.0, 5.0) and header.id == 1
+
+
+def test_duplicate_ids_without_idx_are_keyed_by_position(tmp_path):
+    images = shuffled_images()[:4]
+    records = [(key, pack_record(0, label, image)) for key, label, image in images]  # every header id is 0
+    write_recordio(tmp_path / "train.rec", None, records)
+    save_dir = prepare_data.extract_recordio(tmp_path, save_dir=tmp_path / "out")
+    expected = {"{}/{}.jpg".format(class_of_label(label), position): hashlib.sha256(image).hexdigest() for position, (_, label, image) in enumerate(images)}
+    assert image_files(save_dir) == expected
+
+
+# ---- eval .bin conversion --------------------------------------------------------------------------------
+
+
+def test_convert_cfp_fp_bin(tmp_path):
+    import tensorflow as tf
+
+    dataset_dir = copy_fixture(tmp_path, names=("cfp_fp.bin",))
+    bin_path = dataset_dir / "cfp_fp.bin"
+    with open(bin_path, "rb") as ff:
+        before_bins, _ = pickle.load(ff, encoding="bytes")  # the trusted fixture
+    assert all(isinstance(image, np.ndarray) for image in before_bins)
+
+    assert prepare_data.convert_bin(bin_path) is True
+    with open(bin_path, "rb") as ff:
+        after_bins, after_issame = pickle.load(ff)
+    assert after_issame == EXPECTED["cfp_fp_issame"]
+    assert len(after_bins) == len(before_bins) == 2 * len(after_issame)
+    for before, after in zip(before_bins, after_bins):
+        assert isinstance(after, bytes)
+        pixels = tf.image.decode_jpeg(after).numpy()
+        assert pixels.shape == (112, 112, 3)
+        np.testing.assert_array_equal(pixels, tf.image.decode_jpeg(before.tobytes()).numpy())
+
+    converted = bin_path.read_bytes()
+    mtime = os.stat(bin_path).st_mtime_ns
+    assert prepare_data.convert_bin(bin_path) is False
+    assert bin_path.read_bytes() == converted and os.stat(bin_path).st_mtime_ns == mtime
+
+
+def test_convert_lfw_bin_is_a_noop(tmp_path):
+    dataset_dir = copy_fixture(tmp_path, names=("lfw.bin",))
+    bin_path = dataset_dir / "lfw.bin"
+    original, mtime = bin_path.read_bytes(), os.stat(bin_path).st_mtime_ns
+    assert prepare_data.convert_bin(bin_path) is False
+    assert bin_path.read_bytes() == original and os.stat(bin_path).st_mtime_ns == mtime
+
+
+def test_convert_reencodes_non_jpeg_images(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:32, 0:32]
+    pictures = [np.stack([yy * 8, xx * 8, (yy + xx) * 4], axis=-1).astype(np.uint8) for _ in range(2)]
+    pictures[1] = np.clip(pictures[1].astype(int) + rng.integers(-3, 4, pictures[1].shape), 0, 255).astype(np.uint8)
+    png = cv2.imencode(".png", pictures[0])[1]  # uint8 array of a PNG, as cfp_fp stores arrays
+    bmp = cv2.imencode(".bmp", pictures[1])[1].tobytes()  # raw bytes of a BMP
+    bin_path = tmp_path / "mixed.bin"
+    with open(bin_path, "wb") as ff:
+        pickle.dump(([png, bmp], np.array([True])), ff, protocol=2)
+
+    assert prepare_data.convert_bin(bin_path) is True
+    with open(bin_path, "rb") as ff:
+        bins, issame = pickle.load(ff)
+    assert issame == [True] and all(image.startswith(b"\xff\xd8\xff") for image in bins)
+    for image, picture in zip(bins, pictures):
+        decoded = tf.image.decode_jpeg(image).numpy()
+        assert np.abs(decoded.astype(int) - picture[..., ::-1].astype(int)).mean() < 3  # cv2 wrote BGR, JPEG holds RGB
+
+
+def test_convert_refuses_undecodable_image(tmp_path):
+    bin_path = tmp_path / "bad.bin"
+    with open(bin_path, "wb") as ff:
+        pickle.dump(([b"\xff\xd8\xff\xe0", b"not an image"], [False]), ff, protocol=4)
+    original = bin_path.read_bytes()
+    with pytest.raises(ValueError, match="bad.bin, image 1"):
+        prepare_data.convert_bin(bin_path)
+    assert bin_path.read_bytes() == original
+
+
+def test_malicious_bin_is_refused_and_runs_nothing(tmp_path):
+    sentinel = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch {}".format(sentinel),))
+
+    bin_path = tmp_path / "evil.bin"
+    with open(bin_path, "wb") as ff:
+        pickle.dump(([Exploit(), b"\xff\xd8\xff"], [True]), ff)
+    original = bin_path.read_bytes()
+    with pytest.raises(io_utils.UnsafePickleError, match="evil.bin"):
+        prepare_data.convert_bin(bin_path)
+    assert not sentinel.exists() and bin_path.read_bytes() == original
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = tmp_path / "folders"
+    command = [sys.executable, os.path.join(REPO, "prepare_data.py"), "-D", str(dataset_dir), "-S", str(save_dir), "-T", "cfp_fp.bin", str(dataset_dir / "lfw.bin")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ">>>> Converted" in result.stdout and ">>>> Extracting" in result.stdout
+    assert image_files(save_dir) == EXPECTED_FILES
+    with open(dataset_dir / "cfp_fp.bin", "rb") as ff:
+        assert all(isinstance(image, bytes) for image in pickle.load(ff)[0])
+
+    missing = subprocess.run(command[:-3] + ["-T", "agedb_30.bin"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "agedb_30.bin" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_is_executable_and_modules_do_not_import_tensorflow():
+    assert os.access(os.path.join(REPO, "prepare_data.py"), os.X_OK)
+    with open(os.path.join(REPO, "prepare_data.py")) as ff:
+        assert ff.readline() == "#!/usr/bin/env python3\n"
+    code = "import sys, recordio, prepare_data; assert 'tensorflow' not in sys.modules and 'cv2' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
