@@ -21,6 +21,7 @@ import select
 import sys
 
 import keras
+import numpy as np
 
 from io_utils import atomic_path, atomic_write_text
 
@@ -303,9 +304,44 @@ def _skip_saving(model, epoch, logs, what):
     return False
 
 
+def optimizer_state_path(model_path):
+    """Where the optimizer state of a checkpoint lives: `<model path stem>_optimizer.npz`."""
+    return os.path.splitext(os.fspath(model_path))[0] + "_optimizer.npz"
+
+
+def save_optimizer_state(optimizer, path):
+    """Save an optimizer's config and every variable (iterations, slots) to `path` (.npz), atomically.
+
+    Keras 3 `.h5` files keep no optimizer slots, so checkpoints carry this file beside them.
+    Usage: save_optimizer_state(model.optimizer, "checkpoints/model_optimizer.npz")
+    """
+    config = json.dumps(keras.saving.serialize_keras_object(optimizer))
+    values = {"variable_{}".format(ii): keras.ops.convert_to_numpy(vv) for ii, vv in enumerate(optimizer.variables)}
+    with atomic_path(path) as tmp:
+        np.savez(tmp, config=np.array(config), **values)
+
+
+def restore_optimizer_state(path, trainable_variables):
+    """Rebuild the optimizer saved by `save_optimizer_state` for `trainable_variables`, state included.
+
+    Raises ValueError when the saved state does not fit the variables (another model or trainable set).
+    Usage: optimizer = restore_optimizer_state("checkpoints/model_optimizer.npz", model.trainable_variables)
+    """
+    with np.load(path) as loaded:
+        optimizer = keras.saving.deserialize_keras_object(json.loads(str(loaded["config"])))
+        optimizer.build(trainable_variables)
+        names = ["variable_{}".format(ii) for ii in range(len(optimizer.variables))]
+        if len(names) != len(loaded.files) - 1 or any(loaded[nn].shape != tuple(vv.shape) for nn, vv in zip(names, optimizer.variables)):
+            raise ValueError("{}: the saved optimizer state does not match the model's trainable variables".format(path))
+        for name, variable in zip(names, optimizer.variables):
+            variable.assign(loaded[name])
+    return optimizer
+
+
 class ModelCheckpointAtomic(keras.callbacks.Callback):
     """Saves `self.model` to `filepath` at each epoch end, atomically, skipping epochs with a
     non-finite loss. `.keras` or `.h5` for whole models; `.weights.h5` with save_weights_only.
+    Whole-model checkpoints also save the optimizer state to `optimizer_state_path(filepath)`.
 
     Usage: ModelCheckpointAtomic("checkpoints/keras_mobilenet_emore.h5")
     """
@@ -331,6 +367,9 @@ class ModelCheckpointAtomic(keras.callbacks.Callback):
                 self.model.save_weights(tmp)
             else:
                 self.model.save(tmp)
+        optimizer = getattr(self.model, "optimizer", None)
+        if not self.save_weights_only and optimizer is not None and optimizer.built:
+            save_optimizer_state(optimizer, optimizer_state_path(self.filepath))
 
 
 class CenterlossCallback(keras.callbacks.Callback):

@@ -24,7 +24,6 @@ import evals
 import losses
 import models
 import myCallbacks
-import optimizers
 
 CHECKPOINTS_DIR = "checkpoints"
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
@@ -49,17 +48,29 @@ def guess_loss_type(loss):
     return "softmax"
 
 
-def _load_model(path, custom_objects, compile):
-    """Load a saved `.h5` / `.keras` model; falls back to compile=False when the saved compile state is unreadable."""
+def _load_model(path, custom_objects):
+    """Load a saved `.h5` / `.keras` model, without its compile state (losses are set by each plan)."""
     if not os.path.exists(path):
         raise FileNotFoundError("Model file not found: {}".format(path))
+    return keras.models.load_model(path, custom_objects=custom_objects, compile=False)
+
+
+def _load_optimizer(model_path, model, custom_objects):
+    """The optimizer of a checkpoint: with its state from the `_optimizer.npz` beside it, else freshly from the config."""
+    state_path = myCallbacks.optimizer_state_path(model_path)
+    if os.path.exists(state_path):
+        try:
+            return myCallbacks.restore_optimizer_state(state_path, model.trainable_variables)
+        except ValueError as error:
+            print(">>>> Optimizer state not restored:", error)
     try:
-        return keras.models.load_model(path, custom_objects=custom_objects, compile=compile)
-    except (ValueError, TypeError) as error:
-        if not compile:
-            raise
-        print(">>>> Loading {} with compile=True failed ({}), loading without the optimizer state".format(path, error))
-        return keras.models.load_model(path, custom_objects=custom_objects, compile=False)
+        optimizer = keras.models.load_model(model_path, custom_objects=custom_objects, compile=True).optimizer
+    except (ValueError, TypeError, KeyError):
+        return None
+    if optimizer is None:
+        return None
+    print(">>>> No optimizer state beside {}: restarting {} with its saved config".format(model_path, type(optimizer).__name__))
+    return optimizer.__class__.from_config(optimizer.get_config())
 
 
 def _embedding_sub_model(model, embedding_layer):
@@ -132,7 +143,7 @@ class Train:
         self.eval_freq, self.random_status, self.random_crop = eval_freq, random_status, random_crop
         self.image_per_class, self.seed = image_per_class, seed
 
-        self.model, self.output_layer, self.distill_map_layer = None, None, None
+        self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
         self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
         if pretrained:
             print(">>>> Loading pretrained weights:", pretrained)
@@ -142,8 +153,8 @@ class Train:
         self.data_path, self.train_ds = None, None
         self.reset_dataset(data_path)
 
-        self.optimizer = self.model.optimizer if self.model is not None and compile else None
         self._optimizer_variable_ids = {id(var) for var in self.model.trainable_variables} if self.optimizer else set()
+        self._dataset_fast_forwarded = False
         self.center_loss = None
         self.head_signature = self._current_head_signature()
         self.is_distill = False
@@ -167,7 +178,11 @@ class Train:
         """Resolve the four initialisation rows of the basic_model / model table; returns the basic model."""
         if isinstance(model, str):
             print(">>>> Load model from:", model)
-            model = _load_model(model, custom_objects, compile)
+            model_path, model = model, _load_model(model, custom_objects)
+            if compile:
+                self.optimizer = _load_optimizer(model_path, model, custom_objects)
+        elif model is not None and compile:
+            self.optimizer = getattr(model, "optimizer", None)
         if model is not None:
             self.model = model
             self._adopt_heads_of(model)
@@ -176,7 +191,7 @@ class Train:
             return _embedding_sub_model(model, basic_model)
         if isinstance(basic_model, str):
             print(">>>> Load basic_model from:", basic_model)
-            basic_model = _load_model(basic_model, custom_objects, compile=False)
+            basic_model = _load_model(basic_model, custom_objects)
         if not isinstance(basic_model, keras.Model):
             raise ValueError(
                 "basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model)
@@ -254,6 +269,7 @@ class Train:
         """(Re)build the training dataset, e.g. after sub-center cleaning.  Usage: tt.reset_dataset(new_npz)"""
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
+        self._dataset_fast_forwarded = False
         self.train_ds, self.steps_per_epoch = data.prepare_dataset(
             data_path,
             batch_size=self.batch_size,
@@ -355,8 +371,9 @@ class Train:
             self.lr_base, self.lr_decay, self.lr_decay_steps, self.lr_min, self.lr_warmup_steps, self.steps_per_epoch
         )
         callbacks = [lr_scheduler, *self.my_evals, self.my_hist, myCallbacks.ModelCheckpointAtomic(self.save_path), self.nan_guard, self.gently_stop]
-        if isinstance(self.optimizer, optimizers.DECOUPLED_WEIGHT_DECAY_OPTIMIZERS):
-            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay))
+        if hasattr(self.optimizer, "decoupled_weight_decay"):
+            is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
+            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
         if self.center_loss is not None and any(loss is self.center_loss for loss in self._compiled_losses()):
             callbacks.append(myCallbacks.CenterlossCallback(self.center_loss, os.path.join(CHECKPOINTS_DIR, self.save_stem + "_centers.npy")))
         return callbacks
@@ -403,7 +420,7 @@ class Train:
                 ", bottleneckOnly" if bottleneckOnly else "",
             )
         )
-        self.my_hist.set_initial_epoch(initial_epoch)
+        self._continue_from_epoch(initial_epoch)
         history = self.model.fit(
             self._training_dataset(),
             epochs=initial_epoch + epoch,
@@ -413,6 +430,18 @@ class Train:
         )
         self.basic_model.trainable = True
         return history
+
+    def _continue_from_epoch(self, initial_epoch):
+        """Align history, best eval accuracies and the data order with a run that reached `initial_epoch`."""
+        self.my_hist.set_initial_epoch(initial_epoch)
+        for eval_callback in self.my_evals:
+            previous = [acc for acc in self.my_hist.history.get(eval_callback.test_names, []) if acc is not None]
+            eval_callback.max_accuracy = max([eval_callback.max_accuracy, *previous])
+        if not self._dataset_fast_forwarded:
+            # Each new iterator of the dataset draws the next epoch's shuffle and augmentation seeds.
+            for _ in range(initial_epoch):
+                iter(self.train_ds)
+            self._dataset_fast_forwarded = True
 
     def train(self, train_schedule, initial_epoch=0):
         """Walk the list of plans; `initial_epoch` skips the epochs already trained.  Usage: tt.train(sch, 0)"""
