@@ -1,0 +1,130 @@
+"""MobileNetV3 Small / Large (Howard et al., "Searching for MobileNetV3", ICCV 2019), headless.
+
+Stem Conv3x3(16, /2) + BN + hard-swish, then the inverted residual blocks of the paper's tables 1
+and 2 (1x1 expand, depthwise k x k, optional squeeze-excite with a hard-sigmoid gate, linear 1x1
+project, identity shortcut when the shape holds), then Conv1x1 to 6x the last block's channels
+(576 for Small, 960 for Large) + BN + hard-swish. The pooling and classifier convs are left out.
+
+Written with plain Keras layers (not wrapping keras.applications, whose hard-swish is built from
+tensor arithmetic that a `.h5` file cannot load back), so the models save and reload in both
+formats and convert to TFLite.
+
+Usage:
+    from backbones import mobilenet_v3
+    mm = mobilenet_v3.MobileNetV3Small(input_shape=(112, 112, 3))  # output (None, 4, 4, 576)
+    mm = mobilenet_v3.MobileNetV3Large(input_shape=(112, 112, 3))  # output (None, 4, 4, 960)
+"""
+import keras
+
+# kernel size, expanded channels, output channels, squeeze-excite, activation, stride.
+SMALL_CONFIG = (
+    (3, 16, 16, True, "relu", 2),
+    (3, 72, 24, False, "relu", 2),
+    (3, 88, 24, False, "relu", 1),
+    (5, 96, 40, True, "hard_swish", 2),
+    (5, 240, 40, True, "hard_swish", 1),
+    (5, 240, 40, True, "hard_swish", 1),
+    (5, 120, 48, True, "hard_swish", 1),
+    (5, 144, 48, True, "hard_swish", 1),
+    (5, 288, 96, True, "hard_swish", 2),
+    (5, 576, 96, True, "hard_swish", 1),
+    (5, 576, 96, True, "hard_swish", 1),
+)
+LARGE_CONFIG = (
+    (3, 16, 16, False, "relu", 1),
+    (3, 64, 24, False, "relu", 2),
+    (3, 72, 24, False, "relu", 1),
+    (5, 72, 40, True, "relu", 2),
+    (5, 120, 40, True, "relu", 1),
+    (5, 120, 40, True, "relu", 1),
+    (3, 240, 80, False, "hard_swish", 2),
+    (3, 200, 80, False, "hard_swish", 1),
+    (3, 184, 80, False, "hard_swish", 1),
+    (3, 184, 80, False, "hard_swish", 1),
+    (3, 480, 112, True, "hard_swish", 1),
+    (3, 672, 112, True, "hard_swish", 1),
+    (5, 672, 160, True, "hard_swish", 2),
+    (5, 960, 160, True, "hard_swish", 1),
+    (5, 960, 160, True, "hard_swish", 1),
+)
+STEM_CHANNELS = 16
+LAST_EXPANSION = 6
+SE_RATIO = 0.25
+
+
+def make_divisible(value, divisor=8):
+    """Round `value` to the nearest multiple of `divisor`, never going below 90% of `value`."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class _Builder:
+    """Writes the layers of one MobileNetV3 graph with shared BatchNorm settings."""
+
+    def __init__(self, bn_momentum, bn_epsilon):
+        self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
+
+    def bn(self, inputs, name, activation=None):
+        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
+        return keras.layers.Activation(activation, name=name + "_" + activation)(nn) if activation else nn
+
+    def conv_bn(self, inputs, filters, kernel_size, strides, name, activation=None):
+        nn = keras.layers.Conv2D(filters, kernel_size, strides, padding="same", use_bias=False, name=name + "_conv")(inputs)
+        return self.bn(nn, name, activation)
+
+    def squeeze_excite(self, inputs, name):
+        channels = inputs.shape[-1]
+        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
+        nn = keras.layers.Conv2D(make_divisible(channels * SE_RATIO), 1, activation="relu", name=name + "_se_reduce")(nn)
+        nn = keras.layers.Conv2D(channels, 1, activation="hard_sigmoid", name=name + "_se_expand")(nn)
+        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
+
+    def inverted_residual(self, inputs, kernel_size, expand, filters, use_se, activation, strides, name):
+        nn = inputs
+        if expand != inputs.shape[-1]:
+            nn = self.conv_bn(nn, expand, 1, 1, name + "_expand", activation)
+        nn = keras.layers.DepthwiseConv2D(kernel_size, strides, padding="same", use_bias=False, name=name + "_dw")(nn)
+        nn = self.bn(nn, name + "_dw", activation)
+        if use_se:
+            nn = self.squeeze_excite(nn, name)
+        nn = self.conv_bn(nn, filters, 1, 1, name + "_project")
+        if strides == 1 and inputs.shape[-1] == filters:
+            nn = keras.layers.Add(name=name + "_add")([inputs, nn])
+        return nn
+
+
+def _mobilenet_v3(config, input_shape, include_top, weights, alpha, bn_momentum, bn_epsilon, name):
+    if include_top:
+        raise ValueError(f"include_top=True: {name} here is a headless backbone; add a head with models.buildin_models.")
+    if weights is not None:
+        raise ValueError(f"weights={weights!r}: no pretrained {name} weights exist; use weights=None.")
+    builder = _Builder(bn_momentum, bn_epsilon)
+    inputs = keras.layers.Input(shape=input_shape)
+    nn = builder.conv_bn(inputs, STEM_CHANNELS, 3, 2, "stem", "hard_swish")
+    for index, (kernel_size, expand, filters, use_se, activation, strides) in enumerate(config):
+        expand, filters = make_divisible(expand * alpha), make_divisible(filters * alpha)
+        nn = builder.inverted_residual(nn, kernel_size, expand, filters, use_se, activation, strides, f"block{index + 1}")
+    nn = builder.conv_bn(nn, make_divisible(nn.shape[-1] * LAST_EXPANSION), 1, 1, "last", "hard_swish")
+    return keras.Model(inputs, nn, name=name)
+
+
+def MobileNetV3Small(
+    input_shape=(112, 112, 3), include_top=False, weights=None, alpha=1.0, bn_momentum=0.99, bn_epsilon=0.001, name="mobilenetv3_small", **kwargs
+):
+    """Headless MobileNetV3-Small; `alpha` scales the block widths. Extra keyword arguments are ignored.
+
+    Usage:
+        mm = MobileNetV3Small(input_shape=(112, 112, 3))
+    """
+    return _mobilenet_v3(SMALL_CONFIG, input_shape, include_top, weights, alpha, bn_momentum, bn_epsilon, name)
+
+
+def MobileNetV3Large(
+    input_shape=(112, 112, 3), include_top=False, weights=None, alpha=1.0, bn_momentum=0.99, bn_epsilon=0.001, name="mobilenetv3_large", **kwargs
+):
+    """Headless MobileNetV3-Large; `alpha` scales the block widths. Extra keyword arguments are ignored.
+
+    Usage:
+        mm = MobileNetV3Large(input_shape=(112, 112, 3))
+    """
+    return _mobilenet_v3(LARGE_CONFIG, input_shape, include_top, weights, alpha, bn_momentum, bn_epsilon, name)
