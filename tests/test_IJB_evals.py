@@ -1,0 +1,370 @@
+"""IJB_evals: a miniature IJB tree end to end, hand-made embeddings with known TAR@FAR / top-1, hand-worked aggregation."""
+import os
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import IJB_evals
+
+TEMPLATE_5PTS = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+
+
+# ------------------------------------------------------------------------------------------------ tree writers
+def write_meta(root, subset, rows, pairs, one_n=None, landmarks=None):
+    """rows: (image, template, media, score); pairs: (t1, t2, label); one_n: {name: [(template, subject)]}."""
+    prefix = subset.lower()
+    meta_dir = os.path.join(root, subset, "meta")
+    os.makedirs(meta_dir, exist_ok=True)
+    with open(os.path.join(meta_dir, prefix + "_face_tid_mid.txt"), "w") as ff:
+        ff.writelines("{} {} {}\n".format(image, template, media) for image, template, media, _ in rows)
+    with open(os.path.join(meta_dir, prefix + "_name_5pts_score.txt"), "w") as ff:
+        for index, (image, _, _, score) in enumerate(rows):
+            points = TEMPLATE_5PTS if landmarks is None else landmarks[index]
+            ff.write("{} {} {}\n".format(image, " ".join("{:.4f}".format(v) for v in points.ravel()), score))
+    with open(os.path.join(meta_dir, prefix + "_template_pair_label.txt"), "w") as ff:
+        ff.writelines("{} {} {}\n".format(*pair) for pair in pairs)
+    for name, members in (one_n or {}).items():
+        file_name = "{}_1N_{}.csv".format(prefix, "probe_mixed" if name == "probe" else "gallery_" + name)
+        with open(os.path.join(meta_dir, file_name), "w") as ff:
+            ff.write("TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT\n")
+            ff.writelines("{},{},img/{}.jpg,1,0,0,10,10\n".format(template, subject, template) for template, subject in members)
+    return meta_dir
+
+
+def smooth_face(seed, size=112):
+    """Low-frequency colour pattern: resampling it changes pixels only slightly."""
+    coarse = np.random.default_rng(seed).integers(0, 256, [7, 7, 3]).astype("uint8")
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+# Mini IJB-C: 8 templates (subjects 1..4 twice), 24 images, several medias with more than one image.
+TEMPLATE_SUBJECT = {1: 1, 2: 2, 3: 3, 4: 4, 5: 1, 6: 2, 7: 3, 8: 4}
+GALLERIES = {"G1": [(1, 1), (2, 2)], "G2": [(3, 3), (4, 4)], "probe": [(5, 1), (6, 2), (7, 3), (8, 4)]}
+
+
+def mini_rows():
+    rows, count = [], 0
+    for template in TEMPLATE_SUBJECT:
+        for image in range(3):
+            count += 1
+            media = template * 10 + (image if template % 2 else 0)  # odd templates: 3 medias; even: one media of 3 frames
+            rows.append(("{}.jpg".format(count), template, media, round(0.5 + 0.02 * count, 2)))
+    return rows
+
+
+def mini_pairs():
+    return [(g, p, int(TEMPLATE_SUBJECT[g] == TEMPLATE_SUBJECT[p])) for g in (1, 2, 3, 4) for p in (5, 6, 7, 8)]
+
+
+@pytest.fixture(scope="module")
+def mini_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("IJB_release"))
+    rows = mini_rows()
+    image_dir = os.path.join(root, "IJBC", "loose_crop")
+    os.makedirs(image_dir)
+    for index, (image, template, _, _) in enumerate(rows):
+        face = np.clip(smooth_face(TEMPLATE_SUBJECT[template]).astype(int) + (index * 7) % 40 - 20, 0, 255).astype("uint8")
+        cv2.imwrite(os.path.join(image_dir, image), face[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    write_meta(root, "IJBC", rows, mini_pairs(), GALLERIES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input([112, 112, 3]), keras.layers.AveragePooling2D(16), keras.layers.Flatten(), keras.layers.Dense(8, use_bias=False, name="embedding")]
+    )
+    path = str(tmp_path_factory.mktemp("model") / "tiny_model.h5")
+    model.save(path)
+    return path, model.get_layer("embedding").get_weights()[0]
+
+
+# ------------------------------------------------------------------------------------------------ references in plain NumPy
+def reference_embedding(rgb, weights):
+    pooled = ((rgb.astype("float64") - 127.5) / 128).reshape(7, 16, 7, 16, 3).mean(axis=(1, 3))
+    return pooled.reshape(-1) @ weights
+
+
+def reference_template_scores(embs, embs_f, face_scores, templates, medias, pairs, norm, detector, flip):
+    """The usual loops: per image, per media mean, per template sum, cosine per pair."""
+    feats = {}
+    for index in range(len(embs)):
+        feat = embs[index] + (embs_f[index] if flip else 0)
+        feat = feat if norm else feat / np.linalg.norm(feat)
+        feats[index] = feat * (face_scores[index] if detector else 1)
+    template_feats = {}
+    for template in set(templates):
+        media_means = []
+        for media in sorted(set(medias[i] for i in range(len(embs)) if templates[i] == template)):
+            members = [feats[i] for i in range(len(embs)) if templates[i] == template and medias[i] == media]
+            media_means.append(np.mean(members, axis=0))
+        total = np.sum(media_means, axis=0)
+        template_feats[template] = total / np.linalg.norm(total)
+    return np.array([template_feats[t1] @ template_feats[t2] for t1, t2, _ in pairs]), template_feats
+
+
+def reference_tar(label, scores, far):
+    """Highest TAR with at most floor(far * negatives) accepted negatives, when that count is a whole number."""
+    negatives = np.sort(scores[label == 0])[::-1]
+    allowed = int(round(far * len(negatives)))
+    threshold = negatives[allowed] if allowed < len(negatives) else -np.inf
+    return np.mean(scores[label == 1] > threshold)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_alignment_is_identity_on_the_template_and_undoes_a_similarity(tmp_path):
+    face = smooth_face(3)
+    np.testing.assert_array_equal(IJB_evals.align_face(face, TEMPLATE_5PTS), face)
+
+    angle, scale, shift = np.deg2rad(12), 1.7, np.array([30.0, 14.0])
+    forward = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = np.hstack([forward, shift[:, None]])
+    big = cv2.warpAffine(face, matrix, (240, 240), flags=cv2.INTER_CUBIC)
+    moved_points = TEMPLATE_5PTS @ forward.T + shift
+    aligned = IJB_evals.align_face(big, moved_points)
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(aligned[inner].astype(int) - face[inner].astype(int)).mean() < 2.0
+
+
+def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
+    model_path, weights = tiny_model_file
+    out = str(tmp_path / "result")
+    table, table_1n = IJB_evals.main(["-m", model_path, "-d", mini_tree, "-s", "IJBC", "-b", "5", "-o", out, "-E", "-L", "-N", "--workers", "2"])
+
+    rows, pairs = mini_rows(), mini_pairs()
+    images = [cv2.imread(os.path.join(mini_tree, "IJBC", "loose_crop", row[0]))[:, :, ::-1] for row in rows]
+    embs = np.array([reference_embedding(image, weights) for image in images])
+    embs_f = np.array([reference_embedding(image[:, ::-1], weights) for image in images])
+    templates, medias = [row[1] for row in rows], [row[2] for row in rows]
+    face_scores = np.array([row[3] for row in rows])
+    expected, template_feats = reference_template_scores(embs, embs_f, face_scores, templates, medias, pairs, norm=False, detector=True, flip=True)
+
+    saved = np.load(os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"))
+    np.testing.assert_allclose(saved, expected, atol=1e-4)
+    label = np.load(os.path.join(out, "IJBC_label.npy"))
+    np.testing.assert_array_equal(label, [pair[2] for pair in pairs])
+    with np.load(os.path.join(out, "tiny_model_IJBC.npz")) as data:
+        np.testing.assert_allclose(data["embs"], embs, atol=1e-4)
+        np.testing.assert_allclose(data["embs_f"], embs_f, atol=1e-4)
+        np.testing.assert_array_equal(data["templates"], templates)
+
+    csv = pd.read_csv(os.path.join(out, "tiny_model_IJBC.csv"), index_col=0)
+    assert list(csv.columns) == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
+    label = np.array([pair[2] for pair in pairs])
+    # 12 negatives: FAR 1e-1 allows one false accept (floor(1.2)); interpolate between 1/12 (floor) and 2/12
+    tar_1 = reference_tar(label, expected, 1 / 12)
+    tar_2 = reference_tar(label, expected, 2 / 12)
+    expected_tar = tar_1 + (tar_2 - tar_1) * (0.1 - 1 / 12) / (1 / 12)
+    assert csv.loc["tiny_model_IJBC_N0D1F1", "1e-01"] == pytest.approx(expected_tar * 100, abs=1e-6)
+
+    one_n = pd.read_csv(os.path.join(out, "tiny_model_IJBC_1N.csv"), index_col=[0, 1])
+    for gallery, members in (("G1", GALLERIES["G1"]), ("G2", GALLERIES["G2"])):
+        hits = []
+        for probe, subject in GALLERIES["probe"]:
+            if subject in dict((s, t) for t, s in members):
+                best = max(members, key=lambda member: template_feats[probe] @ template_feats[member[0]])
+                hits.append(best[1] == subject)
+        assert one_n.loc[("N0D1F1", gallery), "top1"] == pytest.approx(np.mean(hits) * 100)
+        assert one_n.loc[("N0D1F1", gallery), "top5"] == pytest.approx(100.0)
+
+    restored, _ = IJB_evals.main(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-d", mini_tree, "-s", "IJBC", "-B", "-o", out])
+    assert len(restored) == 8 and set(restored.index) == {"tiny_model_IJBC_" + s for s in IJB_evals.ALL_SCENARIOS}
+    np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
+    for scenario in ("N1D0F0", "N1D1F0", "N0D0F1"):
+        flags = IJB_evals.parse_scenario(scenario)
+        scenario_expected, _ = reference_template_scores(
+            embs, embs_f, face_scores, templates, medias, pairs,
+            norm=flags["use_norm_score"], detector=flags["use_detector_score"], flip=flags["use_flip_test"],
+        )
+        np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_{}.npy".format(scenario))), scenario_expected, atol=1e-4)
+
+    alone = str(tmp_path / "alone")
+    IJB_evals.main(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-s", "IJBC", "-o", alone])  # meta from the npz
+    np.testing.assert_allclose(np.load(os.path.join(alone, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
+
+    png = str(tmp_path / "roc.png")
+    plot_table, _ = IJB_evals.main(["--plot_only", os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"), os.path.join(out, "tiny_model_IJBC_N1D1F1.npy"), os.path.join(out, "IJBC_label.npy"), "--plot_save", png])
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(plot_table) == 2
+
+
+def hand_made_release(root):
+    """Meta for -R with hand-made 8-d embeddings: 110 one-image template pairs and a 1:N part.
+
+    Pair k compares template 1000+k, embedding e6, with 2000+k, embedding cos(a) e6 + sin(a) e7, so its
+    score is cos(a): 10 genuine scores (8 x 0.9, 2 x 0.2) and 100 impostor scores (0.95, 0.5, then 98 <= 0.1).
+    """
+    genuine = [0.9] * 8 + [0.2] * 2
+    impostor = [0.95, 0.5] + list(np.linspace(-0.9, 0.1, 98))
+    rows, embs, pairs = [], [], []
+
+    def add_template(template, emb):
+        rows.append(("{}.jpg".format(len(rows) + 1), template, template, 1.0))
+        embs.append(emb)
+
+    for k, (score, label) in enumerate([(s, 1) for s in genuine] + [(s, 0) for s in impostor]):
+        add_template(1000 + k, np.eye(8)[6])
+        add_template(2000 + k, score * np.eye(8)[6] + np.sqrt(1 - score**2) * np.eye(8)[7])
+        pairs.append((1000 + k, 2000 + k, label))
+    basis = np.eye(8)
+    gallery = {1: basis[1], 2: basis[2], 3: basis[3], 4: basis[4], 5: basis[5]}
+    probes = {  # template: (subject, embedding)
+        11: (1, basis[1] + 0.1 * basis[2]),  # right
+        12: (2, basis[3] + 0.5 * basis[2]),  # nearest is subject 3: wrong at rank 1, right at rank 2
+        13: (3, basis[3]),  # right
+        14: (4, basis[4]),  # right
+        15: (5, 0.6 * basis[4] + 0.5 * basis[5]),  # nearest is subject 4: wrong
+    }
+    for template, emb in gallery.items():
+        add_template(template, emb)
+    for template, (_, emb) in probes.items():
+        add_template(template, emb)
+    one_n = {"G1": [(1, 1), (2, 2), (3, 3)], "G2": [(4, 4), (5, 5)], "probe": [(t, s) for t, (s, _) in probes.items()]}
+    write_meta(root, "IJBC", rows, pairs, one_n)
+    return np.array(embs, dtype="float32")
+
+
+def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
+    root = str(tmp_path / "IJB_release")
+    embs = hand_made_release(root)
+    npz = str(tmp_path / "emb" / "hand_IJBC.npz")
+    os.makedirs(os.path.dirname(npz))
+    np.savez(npz, embs=embs)
+    table, table_1n = IJB_evals.main(["-R", npz, "-d", root, "-s", "IJBC", "-N"])
+
+    # no flipped embeddings: the default scenario runs as N0D1F0; scores in percent
+    assert list(table.index) == ["hand_IJBC_N0D1F0"]
+    # FAR 1e-2 = one false accept (0.95): the 0.9 genuines pass, TAR 80%; from 2 false accepts every genuine
+    # passes; below 1e-2 the curve is interpolated from (0, 0) to (1e-2, 80%)
+    expected = {"1e-06": 0.008, "1e-05": 0.08, "1e-04": 0.8, "1e-03": 8.0, "1e-02": 80.0, "1e-01": 100.0}
+    for far, tar in expected.items():
+        assert table.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
+    assert os.path.exists(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy"))
+    saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC.csv"), index_col=0)
+    assert saved.loc["hand_IJBC_N0D1F0", "1e-02"] == pytest.approx(80.0)
+
+    g1, g2 = table_1n.loc[("N0D1F0", "G1")], table_1n.loc[("N0D1F0", "G2")]
+    assert (g1["mated"], g1["non_mated"], g2["mated"], g2["non_mated"]) == (3, 2, 2, 3)
+    assert g1["top1"] == pytest.approx(200 / 3) and g1["top5"] == pytest.approx(100)
+    assert g2["top1"] == pytest.approx(50) and g2["top5"] == pytest.approx(100)
+    # non-mated probes score 0 against the other gallery; FPIR 1% allows none above 0: the right rank-1 hits pass
+    assert g1["TPIR@FPIR=1e-02"] == pytest.approx(200 / 3) and g2["TPIR@FPIR=1e-02"] == pytest.approx(50)
+
+
+def two_template_meta():
+    """Template 7: media 1 = images a1, a2; media 2 = image a3.  Template 9: image b1."""
+    return IJB_evals.IJBMeta(
+        img_names=np.array(["a1", "a2", "a3", "b1"]),
+        landmarks=np.zeros([4, 5, 2], "float32"),
+        face_scores=np.array([0.5, 1.0, 0.25, 0.8], "float32"),
+        templates=np.array([7, 7, 7, 9]),
+        medias=np.array([1, 1, 2, 3]),
+        p1=np.array([7]),
+        p2=np.array([9]),
+        label=np.array([1]),
+    )
+
+
+EMBS = np.array([[3, 4], [0, 2], [1, 0], [0, 5]], "float32")
+EMBS_F = np.array([[3, 4], [0, 0], [1, 0], [0, -1]], "float32")
+
+
+@pytest.mark.parametrize(
+    "scenario, template_7, score",
+    [
+        # flip sums: (6,8) (0,2) (2,0) (0,4); N0 -> (.6,.8) (0,1) (1,0); D1 x (.5, 1, .25): (.3,.4) (0,1) (.25,0)
+        # media 1 mean (.15,.7) + media 2 (.25,0) = (.4,.7); template 9 -> (0,1)
+        ("N0D1F1", [0.4, 0.7], 0.7 / np.sqrt(0.65)),
+        # raw: media 1 mean (1.5,3) + (1,0) = (2.5,3)
+        ("N1D0F0", [2.5, 3.0], 3 / np.sqrt(15.25)),
+        # normalized: (.6,.8) (0,1) -> mean (.3,.9) + (1,0) = (1.3,.9)
+        ("N0D0F0", [1.3, 0.9], 0.9 / np.sqrt(2.5)),
+        # flip sums x score: (3,4) (0,2) (.5,0) -> mean (1.5,3) + (.5,0) = (2,3)
+        ("N1D1F1", [2.0, 3.0], 3 / np.sqrt(13)),
+    ],
+)
+def test_aggregation_rules_match_hand_worked_two_template_case(scenario, template_7, score):
+    meta = two_template_meta()
+    flags = IJB_evals.parse_scenario(scenario)
+    feats = IJB_evals.image_features(EMBS, EMBS_F, meta.face_scores, **flags)
+    template_ids, template_feats = IJB_evals.template_features(feats, meta.templates, meta.medias)
+    np.testing.assert_array_equal(template_ids, [7, 9])
+    np.testing.assert_allclose(template_feats[0], np.array(template_7) / np.linalg.norm(template_7), rtol=1e-6)
+    np.testing.assert_allclose(template_feats[1], [0, 1], atol=1e-7)
+    all_scores, _ = IJB_evals.evaluate_scenarios(EMBS, EMBS_F, meta, [scenario])
+    np.testing.assert_allclose(all_scores[scenario], [score], rtol=1e-6)
+
+
+def test_pair_scoring_paths_and_tar_agree_with_plain_numpy():
+    rng = np.random.default_rng(0)
+    feats = IJB_evals.l2_normalize(rng.normal(size=[300, 16]).astype("float32"))
+    index1, index2 = rng.integers(0, 40, 5000), rng.integers(40, 300, 5000)
+    expected = np.sum(feats[index1] * feats[index2], axis=1)
+    np.testing.assert_allclose(IJB_evals.pair_cosine(feats, index1, index2, block_entries=1000), expected, atol=1e-6)
+    np.testing.assert_allclose(IJB_evals.pair_cosine(feats, index1, index2, dense_ratio=0), expected, atol=1e-6)
+
+    from sklearn.metrics import roc_curve
+
+    label = rng.random(5000) < 0.2
+    scores = np.round(expected + label, 2)  # with ties
+    fpr, tpr, _ = roc_curve(label, scores, drop_intermediate=False)
+    highest = np.append(fpr[1:] != fpr[:-1], True)
+    fars = np.logspace(-6, 0, 40)
+    np.testing.assert_allclose(IJB_evals.tar_at_far(label, scores, fars), np.interp(fars, fpr[highest], tpr[highest]), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ malformed meta
+@pytest.fixture()
+def small_release(tmp_path):
+    root = str(tmp_path / "IJB_release")
+    rows = [("{}.jpg".format(i + 1), 1 + i // 2, 10 + i, 0.9) for i in range(4)]
+    meta_dir = write_meta(root, "IJBB", rows, [(1, 2, 0), (2, 1, 0)], {"S1": [(1, 1)], "S2": [(2, 2)], "probe": [(1, 1)]})
+    image_dir = os.path.join(root, "IJBB", "loose_crop")
+    os.makedirs(image_dir)
+    for row in rows:
+        cv2.imwrite(os.path.join(image_dir, row[0]), smooth_face(0))
+    return root, meta_dir
+
+
+def _rewrite_line(path, line_number, text):
+    lines = open(path).read().splitlines()
+    lines[line_number - 1] = text
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def test_well_formed_small_release_reads(small_release):
+    meta = IJB_evals.read_ijb_meta(small_release[0], "IJBB")
+    np.testing.assert_array_equal(meta.templates, [1, 1, 2, 2])
+    np.testing.assert_allclose(meta.landmarks[0], TEMPLATE_5PTS, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "file_name, line, text, error, message",
+    [
+        ("ijbb_template_pair_label.txt", 2, "2 1", ValueError, r"ijbb_template_pair_label\.txt: line 2: expected 3 columns"),
+        ("ijbb_template_pair_label.txt", 2, "2 99 0", ValueError, r"ijbb_template_pair_label\.txt: line 2: template id 99"),
+        ("ijbb_template_pair_label.txt", 1, "1 x 0", ValueError, r"ijbb_template_pair_label\.txt: line 1: column 't2' should be int"),
+        ("ijbb_face_tid_mid.txt", 3, "3.jpg 2 12 7", ValueError, r"ijbb_face_tid_mid\.txt: line 3: expected 3 columns"),
+        ("ijbb_name_5pts_score.txt", 4, "4.jpg 1 2 3", ValueError, r"ijbb_name_5pts_score\.txt: line 4: expected 12 columns"),
+        ("ijbb_1N_gallery_S1.csv", 1, "TEMPLATE_ID,FILENAME", ValueError, r"ijbb_1N_gallery_S1\.csv: line 1: missing columns \['SUBJECT_ID'\]"),
+        ("ijbb_1N_probe_mixed.csv", 2, "77,1,x.jpg,1,0,0,1,1", ValueError, r"ijbb_1N_probe_mixed\.csv: line 2: template id 77"),
+    ],
+)
+def test_malformed_meta_fails_before_the_model_naming_file_and_line(small_release, file_name, line, text, error, message):
+    root, meta_dir = small_release
+    _rewrite_line(os.path.join(meta_dir, file_name), line, text)
+    with pytest.raises(error, match=message):
+        IJB_evals.main(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB", "-N"])
+
+
+def test_missing_image_is_named_with_its_line(small_release):
+    root, _ = small_release
+    os.remove(os.path.join(root, "IJBB", "loose_crop", "3.jpg"))
+    with pytest.raises(FileNotFoundError, match=r"ijbb_name_5pts_score\.txt: line 3: image not found: .*3\.jpg"):
+        IJB_evals.main(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"])
