@@ -1,0 +1,117 @@
+"""MobileFaceNet as insightface defines it (fmobilefacenet), optionally with squeeze-excite blocks.
+
+Layout for a 112x112 input: Conv3x3(64, /2) -> depthwise 3x3 (64) -> bottleneck (/2, 64)
+-> 4 residual bottlenecks (64) -> bottleneck (/2, 128) -> 6 residual bottlenecks (128)
+-> bottleneck (/2, 128) -> 2 residual bottlenecks (128) -> Conv1x1(512). Bottlenecks expand
+by 2 (x4 for the last downsampling one) with a 1x1 conv, filter with a 3x3 depthwise conv and
+project back with a linear 1x1 conv; every other conv is followed by BN + PReLU.
+
+Usage:
+    from backbones import mobile_facenet
+    basic_model = mobile_facenet.mobile_facenet(256, dropout=0, name="mobile_facenet_256")
+    backbone = mobile_facenet.MobileFaceNet(input_shape=(112, 112, 3))  # headless, 7x7x512 output
+"""
+import keras
+
+BN_MOMENTUM = 0.99
+BN_EPSILON = 0.001
+# (output channels, expanded channels, stride, repeats) of each bottleneck group after the stem.
+BOTTLENECK_GROUPS = ((64, 128, 2, 1), (64, 128, 1, 4), (128, 256, 2, 1), (128, 256, 1, 6), (128, 512, 2, 1), (128, 256, 1, 2))
+
+
+class _Builder:
+    """Holds the BN settings and the SE switch while the graph is written."""
+
+    def __init__(self, bn_momentum, bn_epsilon, use_se):
+        self.bn_momentum, self.bn_epsilon, self.use_se = bn_momentum, bn_epsilon, use_se
+
+    def bn(self, inputs, name):
+        return keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)(inputs)
+
+    def conv_bn(self, inputs, filters, kernel_size, strides, name, depthwise=False, activation=True):
+        if strides > 1:
+            inputs = keras.layers.ZeroPadding2D(padding=kernel_size // 2, name=name + "_pad")(inputs)
+        padding = "valid" if strides > 1 else "same"
+        if depthwise:
+            nn = keras.layers.DepthwiseConv2D(kernel_size, strides, padding=padding, use_bias=False, name=name + "_dw")(inputs)
+        else:
+            nn = keras.layers.Conv2D(filters, kernel_size, strides, padding=padding, use_bias=False, name=name + "_conv")(inputs)
+        nn = self.bn(nn, name + "_bn")
+        return keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")(nn) if activation else nn
+
+    def squeeze_excite(self, inputs, name, ratio=4):
+        channels = inputs.shape[-1]
+        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
+        nn = keras.layers.Conv2D(channels // ratio, 1, name=name + "_se_reduce")(nn)
+        nn = keras.layers.PReLU(shared_axes=[1, 2], name=name + "_se_prelu")(nn)
+        nn = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name + "_se_expand")(nn)
+        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
+
+    def bottleneck(self, inputs, filters, expand, strides, name):
+        nn = self.conv_bn(inputs, expand, 1, 1, name + "_expand")
+        nn = self.conv_bn(nn, expand, 3, strides, name + "_depthwise", depthwise=True)
+        nn = self.conv_bn(nn, filters, 1, 1, name + "_project", activation=False)
+        if self.use_se:
+            nn = self.squeeze_excite(nn, name)
+        if strides == 1 and inputs.shape[-1] == filters:
+            nn = keras.layers.Add(name=name + "_add")([inputs, nn])
+        return nn
+
+
+def MobileFaceNet(
+    input_shape=(112, 112, 3),
+    include_top=False,
+    weights=None,
+    use_se=False,
+    bn_momentum=BN_MOMENTUM,
+    bn_epsilon=BN_EPSILON,
+    name="mobilefacenet",
+    **kwargs,
+):
+    """Headless MobileFaceNet; output is the Conv1x1(512) feature map.  Usage: MobileFaceNet((112, 112, 3))"""
+    if include_top:
+        raise ValueError("MobileFaceNet: include_top=True is not supported; use mobile_facenet() for a full model")
+    if weights is not None:
+        raise ValueError(f"MobileFaceNet: no downloadable weights, got weights={weights!r}")
+    if kwargs:
+        raise TypeError(f"MobileFaceNet: unexpected arguments {sorted(kwargs)}")
+    builder = _Builder(bn_momentum, bn_epsilon, use_se)
+    inputs = keras.Input(shape=input_shape, name="input")
+    nn = builder.conv_bn(inputs, 64, 3, 2, "stem")
+    nn = builder.conv_bn(nn, 64, 3, 1, "stem_depthwise", depthwise=True)
+    for group_id, (filters, expand, strides, repeats) in enumerate(BOTTLENECK_GROUPS, start=1):
+        for block_id in range(1, repeats + 1):
+            nn = builder.bottleneck(nn, filters, expand, strides, f"group{group_id}_block{block_id}")
+    nn = builder.conv_bn(nn, 512, 1, 1, "sep")
+    return keras.Model(inputs, nn, name=name)
+
+
+def mobile_facenet(
+    emb_shape=128,
+    dropout=1,
+    name="mobile_facenet",
+    weight_decay=None,
+    use_se=False,
+    input_shape=(112, 112, 3),
+    output_layer="GDC",
+    **kwargs,
+):
+    """Full MobileFaceNet basic model (backbone + GDC embedding head, last layer `embedding`).
+
+    `weight_decay` adds L2(weight_decay / 2) to every kernel, as `models.add_l2_regularizer_2_model`.
+    Other keyword arguments go to `models.buildin_models` (bn_momentum, bn_epsilon, scale, ...).
+
+    Usage:
+        basic_model = mobile_facenet(256, dropout=0, name="se_mobile_facenet_256", use_se=True)
+    """
+    import models  # models imports this module lazily too; importing here keeps module import free of cycles
+
+    bn_settings = {key: kwargs.pop(key, default) for key, default in (("bn_momentum", BN_MOMENTUM), ("bn_epsilon", BN_EPSILON))}
+    backbone = MobileFaceNet(input_shape=input_shape, use_se=use_se, name=name + "_backbone", **bn_settings)
+    basic_model = models.buildin_models(
+        backbone, dropout=dropout, emb_shape=emb_shape, output_layer=output_layer, **bn_settings, **kwargs
+    )
+    basic_model = keras.Model(basic_model.input, basic_model.output, name=name)
+    if weight_decay:
+        basic_model = models.add_l2_regularizer_2_model(basic_model, weight_decay)
+    return basic_model
