@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import data
 import evals
+import io_utils
 import losses
 import models
 import myCallbacks
@@ -157,7 +158,6 @@ class Train:
         self._dataset_fast_forwarded = False
         self.center_loss = None
         self.head_signature = self._current_head_signature()
-        self.is_distill = False
 
         self.my_evals = self._build_eval_callbacks(eval_paths)
         self.my_hist = myCallbacks.My_history(os.path.join(CHECKPOINTS_DIR, self.save_stem + "_hist.json"), evals=self.my_evals)
@@ -476,8 +476,6 @@ class Train:
                 raise ValueError("Training plan {} is missing the required key '{}'".format(plan, key))
 
     def _save_latest_basic_model(self):
-        import io_utils
-
         path = os.path.join(CHECKPOINTS_DIR, self.save_stem + "_basic_model_latest.h5")
         with io_utils.atomic_path(path) as tmp:
             self.basic_model.save(tmp)
