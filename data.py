@@ -529,3 +529,23 @@ def prepare_dataset(
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
     return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch
+
+
+def image_batches_uint8(image_names, img_shape=(112, 112), batch_size=128):
+    """Decoded uint8 RGB batches [B, H, W, 3] of image files, in order, as numpy arrays (for embedding tools).
+
+    An unreadable file raises an error naming it: tools that extract embeddings must keep images and
+    outputs aligned, so nothing is skipped silently.
+    Usage: for batch in image_batches_uint8(image_names, batch_size=256): embs = teacher(batch)
+    """
+    img_shape = tuple(int(ii) for ii in img_shape[:2])
+    image_names = np.asarray(image_names).astype(str)
+    ds = tf.data.Dataset.from_tensor_slices(image_names).map(lambda path: _load_image(path, img_shape), num_parallel_calls=tf.data.AUTOTUNE)
+    iterator = iter(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    for start in range(0, len(image_names), batch_size):
+        try:
+            batch = next(iterator)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError("Unreadable image among {} (batch starting at index {}): {}".format(
+                list(image_names[start : start + batch_size][:3]) + ["..."], start, error.message.splitlines()[0])) from error
+        yield batch.numpy()

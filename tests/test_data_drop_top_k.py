@@ -1,0 +1,107 @@
+"""Sub-center cleaning: a hand-set sub-center head drops a mislabelled image and keeps the clean ones."""
+import os
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import data_drop_top_k
+import models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RED, BLUE = (255, 0, 0), (0, 0, 255)  # RGB
+
+
+def write_image(path, rgb, rng):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = np.clip(np.array(rgb, np.float32)[None, None] + rng.normal(0, 5, (112, 112, 3)), 0, 255).astype(np.uint8)
+    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture()
+def noisy_dataset(tmp_path):
+    """Class 0 holds red faces, class 1 blue ones, plus one red image filed under class 1."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "faces"
+    for index in range(4):
+        write_image(str(root / "0" / "red_{}.jpg".format(index)), RED, rng)
+        write_image(str(root / "1" / "blue_{}.jpg".format(index)), BLUE, rng)
+    write_image(str(root / "1" / "mislabelled_red.jpg"), RED, rng)
+    return str(root)
+
+
+def sub_center_model(loss_top_k=3):
+    """Embedding = mean normalized RGB; class 0's first sub-center points to red, class 1's first to blue."""
+    inputs = keras.Input((112, 112, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    embedding = keras.layers.Dense(3, use_bias=False, kernel_initializer="identity", name="embedding")(pooled)
+    head = models.NormDense(2, loss_top_k=loss_top_k, name="NormDense")
+    model = keras.Model(inputs, head(embedding))
+    if loss_top_k > 1:
+        red, blue, green = [1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]
+        # column c * K + k is sub-center k of class c
+        columns = [red, green, [0.0, 1.0, 0.0], blue, green, [0.0, 1.0, 0.0]]
+        head.w.assign(np.array(columns, np.float32).T)
+    return model
+
+
+def test_mislabelled_image_is_dropped(noisy_dataset, tmp_path):
+    dest = str(tmp_path / "cleaned.npz")
+    result = data_drop_top_k.data_drop_top_k(sub_center_model(), noisy_dataset, dest_file=dest, deg_thresh=75)
+    assert result == dest
+    cleaned = np.load(dest)
+    kept = sorted(os.path.basename(name) for name in cleaned["image_names"])
+    assert kept == sorted(["red_{}.jpg".format(ii) for ii in range(4)] + ["blue_{}.jpg".format(ii) for ii in range(4)])
+    for name, label in zip(cleaned["image_names"], cleaned["image_classes"]):
+        assert int(label) == int(os.path.basename(os.path.dirname(name)))
+
+
+def test_angle_rule_matches_hand_computation():
+    # Image at 60 degrees from its class's dominant sub-center is kept at 75, dropped at 45.
+    cosines = np.array([[np.cos(np.radians(60)), 0.0], [1.0, 0.0], [1.0, 0.2]])
+    classes = np.array([0, 0, 0])
+    assert data_drop_top_k.select_kept_images(cosines, classes, 1, 75).tolist() == [True, True, True]
+    assert data_drop_top_k.select_kept_images(cosines, classes, 1, 45).tolist() == [False, True, True]
+
+
+def test_saved_model_file_and_cli(noisy_dataset, tmp_path):
+    model_path = str(tmp_path / "topk.h5")
+    sub_center_model().save(model_path)
+    dest = str(tmp_path / "cli.npz")
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
+    script = os.path.join(REPO, "data_drop_top_k.py")
+    result = subprocess.run([sys.executable, script, "-M", model_path, "-D", noisy_dataset, "-d", dest, "-t", "75"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ">>>> Total images: 9, kept: 8, dropped: 1" in result.stdout
+    assert len(np.load(dest)["image_names"]) == 8
+    help_text = subprocess.run([sys.executable, script, "-h"], env=env, capture_output=True, text=True).stdout
+    for flag in ("-M MODEL_FILE", "-D DATA_PATH", "-d DEST_FILE", "-t DEG_THRESH", "-L LIMIT", "NOT basic_model"):
+        assert flag in help_text
+
+
+def test_model_without_sub_centers_is_refused(noisy_dataset):
+    with pytest.raises(ValueError, match="no sub-centers"):
+        data_drop_top_k.data_drop_top_k(sub_center_model(loss_top_k=1), noisy_dataset)
+    with pytest.raises(ValueError, match="deg_thresh"):
+        data_drop_top_k.data_drop_top_k(sub_center_model(), noisy_dataset, deg_thresh=200)
+
+
+def test_train_continues_on_the_cleaned_dataset(noisy_dataset, tmp_path, monkeypatch):
+    import losses
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    inputs = keras.Input((112, 112, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    basic_model = keras.Model(inputs, keras.layers.Dense(3, name="embedding")(pooled))
+    tt = train.Train(noisy_dataset, "topk.h5", basic_model=basic_model, batch_size=4)
+    tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": "adam", "lossTopK": 3}])
+    new_path = data_drop_top_k.data_drop_top_k(tt.model, tt.data_path, dest_file=str(tmp_path / "new.npz"), deg_thresh=180)
+    assert len(np.load(new_path)["image_names"]) == 9  # nothing is farther than 180 degrees
+    tt.reset_dataset(new_path)
+    assert tt.data_path == new_path and tt.classes == 2
+    tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "bottleneckOnly": True}], 0)
+    assert tuple(tt.output_layer.w.shape) == (3, 2)  # back to one center per class
