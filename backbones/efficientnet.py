@@ -12,6 +12,8 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 FIRST_LAYER_AFTER_PREPROCESSING = "stem_conv_pad"
 
 
@@ -26,9 +28,8 @@ def _efficientnet_v1(application_name):
         application = getattr(keras.applications, application_name)
         return drop_preprocessing(application(include_top=include_top, weights=weights, input_shape=input_shape, **kwargs))
 
-    builder.__name__ = application_name
-    builder.__doc__ = f"keras.applications.{application_name} without its Rescaling / Normalization layers."
-    return builder
+    doc = f"keras.applications.{application_name} without its Rescaling / Normalization layers."
+    return _layers.named_builder(builder, application_name, doc)
 
 
 def _efficientnet_v2(application_name):
@@ -37,9 +38,8 @@ def _efficientnet_v2(application_name):
         kwargs.setdefault("include_preprocessing", False)
         return application(include_top=include_top, weights=weights, input_shape=input_shape, **kwargs)
 
-    builder.__name__ = application_name
-    builder.__doc__ = f"keras.applications.{application_name} with include_preprocessing=False."
-    return builder
+    doc = f"keras.applications.{application_name} with include_preprocessing=False."
+    return _layers.named_builder(builder, application_name, doc)
 
 
 EfficientNetB0 = _efficientnet_v1("EfficientNetB0")

@@ -16,6 +16,8 @@ import math
 
 import keras
 
+from backbones import _layers
+
 # kernel size, expanded channels, output channels, squeeze-excite ratio, stride (paper, table 1).
 BLOCK_CONFIG = (
     (3, 16, 16, 0, 1),
@@ -41,28 +43,11 @@ LAST_CHANNELS = 960
 
 def make_divisible(value, divisor=4, min_value=None):
     """Round `value` to the nearest multiple of `divisor`, never going below 90% of `value`."""
-    min_value = min_value or divisor
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
+    return _layers.make_divisible(value, divisor, min_value)
 
 
-class _Builder:
+class _Builder(_layers.LayerBuilder):
     """Writes the layers of one GhostNet graph with shared BatchNorm settings."""
-
-    def __init__(self, bn_momentum, bn_epsilon):
-        self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
-
-    def bn(self, inputs, name, activation=None):
-        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
-        return keras.layers.Activation(activation, name=name + "_" + activation)(nn) if activation else nn
-
-    def conv_bn(self, inputs, filters, kernel_size, strides, name, activation="relu"):
-        nn = keras.layers.Conv2D(filters, kernel_size, strides, padding="same", use_bias=False, name=name + "_conv")(inputs)
-        return self.bn(nn, name, activation)
-
-    def depthwise_bn(self, inputs, kernel_size, strides, name, activation=None):
-        nn = keras.layers.DepthwiseConv2D(kernel_size, strides, padding="same", use_bias=False, name=name + "_dw")(inputs)
-        return self.bn(nn, name + "_dw", activation)
 
     def ghost_module(self, inputs, filters, name, activation="relu"):
         """`filters // 2` channels from a 1x1 conv, the other half from a 3x3 depthwise conv on them."""
@@ -70,19 +55,12 @@ class _Builder:
         cheap = self.depthwise_bn(primary, 3, 1, name + "_cheap", activation)
         return keras.layers.Concatenate(name=name + "_concat")([primary, cheap])
 
-    def squeeze_excite(self, inputs, se_ratio, name):
-        channels = inputs.shape[-1]
-        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
-        nn = keras.layers.Conv2D(make_divisible(channels * se_ratio), 1, activation="relu", name=name + "_se_reduce")(nn)
-        nn = keras.layers.Conv2D(channels, 1, activation="hard_sigmoid", name=name + "_se_expand")(nn)
-        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
-
     def bottleneck(self, inputs, kernel_size, expand, filters, se_ratio, strides, name):
         nn = self.ghost_module(inputs, expand, name + "_ghost1")
         if strides > 1:
             nn = self.depthwise_bn(nn, kernel_size, strides, name + "_down")
         if se_ratio > 0:
-            nn = self.squeeze_excite(nn, se_ratio, name)
+            nn = self.squeeze_excite(nn, make_divisible(nn.shape[-1] * se_ratio), name, gate="hard_sigmoid")
         nn = self.ghost_module(nn, filters, name + "_ghost2", activation=None)
         if strides == 1 and inputs.shape[-1] == filters:
             shortcut = inputs
@@ -111,15 +89,12 @@ def GhostNet(
     Usage:
         mm = GhostNet(input_shape=(112, 112, 3), width=1.3, strides=1)
     """
-    if include_top:
-        raise ValueError("include_top=True: GhostNet here is a headless backbone; add a head with models.buildin_models.")
-    if weights is not None:
-        raise ValueError(f"weights={weights!r}: no pretrained GhostNet weights exist; use weights=None.")
+    _layers.check_headless("GhostNet", include_top, weights)
     builder = _Builder(bn_momentum, bn_epsilon)
     inputs = keras.layers.Input(shape=input_shape)
-    nn = builder.conv_bn(inputs, make_divisible(STEM_CHANNELS * width), 3, strides, "stem")
+    nn = builder.conv_bn(inputs, make_divisible(STEM_CHANNELS * width), 3, strides, "stem", "relu")
     for index, (kernel_size, expand, filters, se_ratio, block_strides) in enumerate(BLOCK_CONFIG):
         expand, filters = make_divisible(expand * width), make_divisible(filters * width)
         nn = builder.bottleneck(nn, kernel_size, expand, filters, se_ratio, block_strides, f"block{index + 1}")
-    nn = builder.conv_bn(nn, make_divisible(LAST_CHANNELS * width), 1, 1, "last")
+    nn = builder.conv_bn(nn, make_divisible(LAST_CHANNELS * width), 1, 1, "last", "relu")
     return keras.Model(inputs, nn, name=name)

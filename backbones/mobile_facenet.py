@@ -13,46 +13,40 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 BN_MOMENTUM = 0.99
 BN_EPSILON = 0.001
+SE_REDUCTION = 4
 # (output channels, expanded channels, stride, repeats) of each bottleneck group after the stem.
 BOTTLENECK_GROUPS = ((64, 128, 2, 1), (64, 128, 1, 4), (128, 256, 2, 1), (128, 256, 1, 6), (128, 512, 2, 1), (128, 256, 1, 2))
 
 
-class _Builder:
+class _Builder(_layers.LayerBuilder):
     """Holds the BN settings and the SE switch while the graph is written."""
 
     def __init__(self, bn_momentum, bn_epsilon, use_se):
-        self.bn_momentum, self.bn_epsilon, self.use_se = bn_momentum, bn_epsilon, use_se
+        super().__init__(bn_momentum, bn_epsilon)
+        self.use_se = use_se
 
-    def bn(self, inputs, name):
-        return keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)(inputs)
-
-    def conv_bn(self, inputs, filters, kernel_size, strides, name, depthwise=False, activation=True):
+    def padded_conv_bn(self, inputs, filters, kernel_size, strides, name, depthwise=False, activation="prelu"):
+        """Conv (or depthwise conv) + BN + activation; strided convs first pad `kernel_size // 2` on every side."""
+        padding = "same"
         if strides > 1:
             inputs = keras.layers.ZeroPadding2D(padding=kernel_size // 2, name=name + "_pad")(inputs)
-        padding = "valid" if strides > 1 else "same"
+            padding = "valid"
         if depthwise:
-            nn = keras.layers.DepthwiseConv2D(kernel_size, strides, padding=padding, use_bias=False, name=name + "_dw")(inputs)
+            nn = self.depthwise(inputs, kernel_size, strides, name, padding=padding)
         else:
-            nn = keras.layers.Conv2D(filters, kernel_size, strides, padding=padding, use_bias=False, name=name + "_conv")(inputs)
-        nn = self.bn(nn, name + "_bn")
-        return keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")(nn) if activation else nn
-
-    def squeeze_excite(self, inputs, name, ratio=4):
-        channels = inputs.shape[-1]
-        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
-        nn = keras.layers.Conv2D(channels // ratio, 1, name=name + "_se_reduce")(nn)
-        nn = keras.layers.PReLU(shared_axes=[1, 2], name=name + "_se_prelu")(nn)
-        nn = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name + "_se_expand")(nn)
-        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
+            nn = self.conv(inputs, filters, kernel_size, strides, name, padding=padding)
+        return self.bn(nn, name, activation)
 
     def bottleneck(self, inputs, filters, expand, strides, name):
-        nn = self.conv_bn(inputs, expand, 1, 1, name + "_expand")
-        nn = self.conv_bn(nn, expand, 3, strides, name + "_depthwise", depthwise=True)
-        nn = self.conv_bn(nn, filters, 1, 1, name + "_project", activation=False)
+        nn = self.padded_conv_bn(inputs, expand, 1, 1, name + "_expand")
+        nn = self.padded_conv_bn(nn, expand, 3, strides, name + "_depthwise", depthwise=True)
+        nn = self.padded_conv_bn(nn, filters, 1, 1, name + "_project", activation=None)
         if self.use_se:
-            nn = self.squeeze_excite(nn, name)
+            nn = self.squeeze_excite(nn, filters // SE_REDUCTION, name, activation="prelu")
         if strides == 1 and inputs.shape[-1] == filters:
             nn = keras.layers.Add(name=name + "_add")([inputs, nn])
         return nn
@@ -77,12 +71,12 @@ def MobileFaceNet(
         raise TypeError(f"MobileFaceNet: unexpected arguments {sorted(kwargs)}")
     builder = _Builder(bn_momentum, bn_epsilon, use_se)
     inputs = keras.Input(shape=input_shape, name="input")
-    nn = builder.conv_bn(inputs, 64, 3, 2, "stem")
-    nn = builder.conv_bn(nn, 64, 3, 1, "stem_depthwise", depthwise=True)
+    nn = builder.padded_conv_bn(inputs, 64, 3, 2, "stem")
+    nn = builder.padded_conv_bn(nn, 64, 3, 1, "stem_depthwise", depthwise=True)
     for group_id, (filters, expand, strides, repeats) in enumerate(BOTTLENECK_GROUPS, start=1):
         for block_id in range(1, repeats + 1):
             nn = builder.bottleneck(nn, filters, expand, strides, f"group{group_id}_block{block_id}")
-    nn = builder.conv_bn(nn, 512, 1, 1, "sep")
+    nn = builder.padded_conv_bn(nn, 512, 1, 1, "sep")
     return keras.Model(inputs, nn, name=name)
 
 

@@ -16,6 +16,8 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 # kernel size, expanded channels, output channels, squeeze-excite, activation, stride.
 SMALL_CONFIG = (
     (3, 16, 16, True, "relu", 2),
@@ -54,39 +56,19 @@ SE_RATIO = 0.25
 
 def make_divisible(value, divisor=8):
     """Round `value` to the nearest multiple of `divisor`, never going below 90% of `value`."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
+    return _layers.make_divisible(value, divisor)
 
 
-class _Builder:
+class _Builder(_layers.LayerBuilder):
     """Writes the layers of one MobileNetV3 graph with shared BatchNorm settings."""
-
-    def __init__(self, bn_momentum, bn_epsilon):
-        self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
-
-    def bn(self, inputs, name, activation=None):
-        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
-        return keras.layers.Activation(activation, name=name + "_" + activation)(nn) if activation else nn
-
-    def conv_bn(self, inputs, filters, kernel_size, strides, name, activation=None):
-        nn = keras.layers.Conv2D(filters, kernel_size, strides, padding="same", use_bias=False, name=name + "_conv")(inputs)
-        return self.bn(nn, name, activation)
-
-    def squeeze_excite(self, inputs, name):
-        channels = inputs.shape[-1]
-        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
-        nn = keras.layers.Conv2D(make_divisible(channels * SE_RATIO), 1, activation="relu", name=name + "_se_reduce")(nn)
-        nn = keras.layers.Conv2D(channels, 1, activation="hard_sigmoid", name=name + "_se_expand")(nn)
-        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
 
     def inverted_residual(self, inputs, kernel_size, expand, filters, use_se, activation, strides, name):
         nn = inputs
         if expand != inputs.shape[-1]:
             nn = self.conv_bn(nn, expand, 1, 1, name + "_expand", activation)
-        nn = keras.layers.DepthwiseConv2D(kernel_size, strides, padding="same", use_bias=False, name=name + "_dw")(nn)
-        nn = self.bn(nn, name + "_dw", activation)
+        nn = self.depthwise_bn(nn, kernel_size, strides, name, activation)
         if use_se:
-            nn = self.squeeze_excite(nn, name)
+            nn = self.squeeze_excite(nn, make_divisible(nn.shape[-1] * SE_RATIO), name, gate="hard_sigmoid")
         nn = self.conv_bn(nn, filters, 1, 1, name + "_project")
         if strides == 1 and inputs.shape[-1] == filters:
             nn = keras.layers.Add(name=name + "_add")([inputs, nn])
@@ -94,10 +76,7 @@ class _Builder:
 
 
 def _mobilenet_v3(config, input_shape, include_top, weights, alpha, bn_momentum, bn_epsilon, name):
-    if include_top:
-        raise ValueError(f"include_top=True: {name} here is a headless backbone; add a head with models.buildin_models.")
-    if weights is not None:
-        raise ValueError(f"weights={weights!r}: no pretrained {name} weights exist; use weights=None.")
+    _layers.check_headless(name, include_top, weights)
     builder = _Builder(bn_momentum, bn_epsilon)
     inputs = keras.layers.Input(shape=input_shape)
     nn = builder.conv_bn(inputs, STEM_CHANNELS, 3, 2, "stem", "hard_swish")

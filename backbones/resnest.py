@@ -17,6 +17,8 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 EXPANSION = 4
@@ -25,21 +27,8 @@ ATTENTION_REDUCTION = 4
 MIN_ATTENTION_CHANNELS = 32
 
 
-class _Builder:
+class _Builder(_layers.LayerBuilder):
     """Writes the layers of one ResNeSt graph with shared BatchNorm settings."""
-
-    def __init__(self, bn_momentum, bn_epsilon):
-        self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
-
-    def bn(self, inputs, name, activation=None):
-        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
-        return keras.layers.Activation(activation, name=name + "_" + activation)(nn) if activation else nn
-
-    def conv_bn(self, inputs, filters, kernel_size, strides, name, activation=None, groups=1):
-        nn = keras.layers.Conv2D(
-            filters, kernel_size, strides, padding="same", groups=groups, use_bias=False, name=name + "_conv"
-        )(inputs)
-        return self.bn(nn, name, activation)
 
     def split_attention(self, inputs, filters, name):
         """3x3 split-attention conv: `RADIX` branches of `filters` channels, softmax-weighted and summed."""
@@ -84,19 +73,13 @@ class _Builder:
 
 
 def _resnest(depths, stem_width, input_shape, include_top, weights, bn_momentum, bn_epsilon, name):
-    if include_top:
-        raise ValueError(f"include_top=True: {name} here is a headless backbone; add a head with models.buildin_models.")
-    if weights is not None:
-        raise ValueError(f"weights={weights!r}: no pretrained {name} weights exist; use weights=None.")
+    _layers.check_headless(name, include_top, weights)
     if len(input_shape) != 3 or None in tuple(input_shape):
         raise ValueError(f"input_shape={input_shape!r}: {name} needs a fixed (height, width, channels) input size.")
     builder = _Builder(bn_momentum, bn_epsilon)
     inputs = keras.layers.Input(shape=input_shape)
     nn = builder.deep_stem(inputs, stem_width)
-    for stage, (depth, filters, strides) in enumerate(zip(depths, STAGE_CHANNELS, STAGE_STRIDES)):
-        for block in range(depth):
-            block_strides = strides if block == 0 else 1
-            nn = builder.bottleneck(nn, filters, block_strides, f"stack{stage + 1}_block{block + 1}")
+    nn = _layers.residual_stages(nn, builder.bottleneck, depths, STAGE_CHANNELS, STAGE_STRIDES)
     return keras.Model(inputs, nn, name=name)
 
 

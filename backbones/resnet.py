@@ -13,6 +13,8 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_DEPTHS = {
     "r18": (2, 2, 2, 2),
@@ -26,37 +28,24 @@ BN_MOMENTUM = 0.99  # Keras defaults; insightface trains with momentum 0.9, epsi
 BN_EPSILON = 0.001
 
 
-def _batchnorm(name, momentum, epsilon):
-    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
-
-
-def _conv3x3(filters, strides, name):
+def _padded_conv3x3(inputs, filters, strides, name):
     """3x3 conv padded by 1 on every side, as MXNet / PyTorch pad (Keras "same" pads stride 2 asymmetrically)."""
-    return [
-        keras.layers.ZeroPadding2D(padding=1, name=name + "_pad"),
-        keras.layers.Conv2D(filters, 3, strides=strides, padding="valid", use_bias=False, name=name),
-    ]
-
-
-def _apply(layers, inputs):
-    for layer in layers:
-        inputs = layer(inputs)
-    return inputs
+    nn = keras.layers.ZeroPadding2D(padding=1, name=name + "_conv_pad")(inputs)
+    return keras.layers.Conv2D(filters, 3, strides=strides, padding="valid", use_bias=False, name=name + "_conv")(nn)
 
 
 def ir_block(inputs, filters, strides, conv_shortcut, name, momentum=BN_MOMENTUM, epsilon=BN_EPSILON):
     """One IR block: BN, Conv3x3, BN, PReLU, Conv3x3(strides), BN, plus the (projected) shortcut."""
+    builder = _layers.LayerBuilder(momentum, epsilon)
+    shortcut = inputs
     if conv_shortcut:
-        shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=name + "_shortcut_conv")(inputs)
-        shortcut = _batchnorm(name + "_shortcut_bn", momentum, epsilon)(shortcut)
-    else:
-        shortcut = inputs
-    nn = _batchnorm(name + "_1_bn", momentum, epsilon)(inputs)
-    nn = _apply(_conv3x3(filters, 1, name + "_1_conv"), nn)
-    nn = _batchnorm(name + "_2_bn", momentum, epsilon)(nn)
-    nn = keras.layers.PReLU(shared_axes=[1, 2], name=name + "_2_prelu")(nn)
-    nn = _apply(_conv3x3(filters, strides, name + "_2_conv"), nn)
-    nn = _batchnorm(name + "_3_bn", momentum, epsilon)(nn)
+        shortcut = builder.conv(inputs, filters, 1, strides, name + "_shortcut", padding="valid")
+        shortcut = builder.bn(shortcut, name + "_shortcut")
+    nn = builder.bn(inputs, name + "_1")
+    nn = _padded_conv3x3(nn, filters, 1, name + "_1")
+    nn = builder.bn(nn, name + "_2", "prelu")
+    nn = _padded_conv3x3(nn, filters, strides, name + "_2")
+    nn = builder.bn(nn, name + "_3")
     return keras.layers.Add(name=name + "_add")([shortcut, nn])
 
 
@@ -78,9 +67,7 @@ def IResNet(
     if kwargs:
         raise TypeError(f"IResNet: unexpected arguments {sorted(kwargs)}")
     inputs = keras.Input(shape=input_shape, name="input")
-    nn = keras.layers.Conv2D(64, 3, strides=1, padding="same", use_bias=False, name="stem_conv")(inputs)
-    nn = _batchnorm("stem_bn", bn_momentum, bn_epsilon)(nn)
-    nn = keras.layers.PReLU(shared_axes=[1, 2], name="stem_prelu")(nn)
+    nn = _layers.LayerBuilder(bn_momentum, bn_epsilon).conv_bn(inputs, 64, 3, 1, "stem", "prelu")
     for stage_id, (filters, depth) in enumerate(zip(STAGE_FILTERS, depths), start=1):
         for block_id in range(1, depth + 1):
             first = block_id == 1
@@ -93,9 +80,8 @@ def _named_builder(model_name):
     def builder(input_shape=(112, 112, 3), include_top=False, weights=None, **kwargs):
         return IResNet(STAGE_DEPTHS[model_name], input_shape, include_top, weights, name=model_name, **kwargs)
 
-    builder.__name__ = "ResNet" + model_name[1:]
-    builder.__doc__ = f"Headless insightface {model_name}, stage depths {STAGE_DEPTHS[model_name]}."
-    return builder
+    doc = f"Headless insightface {model_name}, stage depths {STAGE_DEPTHS[model_name]}."
+    return _layers.named_builder(builder, "ResNet" + model_name[1:], doc)
 
 
 ResNet18 = _named_builder("r18")

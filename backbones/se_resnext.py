@@ -14,6 +14,8 @@ Usage:
 """
 import keras
 
+from backbones import _layers
+
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 CARDINALITY = 32
@@ -22,32 +24,15 @@ EXPANSION = 4
 SE_REDUCTION = 16
 
 
-class _Builder:
+class _Builder(_layers.LayerBuilder):
     """Writes the layers of one SE-ResNeXt graph with shared BatchNorm settings."""
-
-    def __init__(self, bn_momentum, bn_epsilon):
-        self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
-
-    def conv_bn(self, inputs, filters, kernel_size, strides, name, activation=None, groups=1):
-        nn = keras.layers.Conv2D(
-            filters, kernel_size, strides, padding="same", groups=groups, use_bias=False, name=name + "_conv"
-        )(inputs)
-        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(nn)
-        return keras.layers.Activation(activation, name=name + "_" + activation)(nn) if activation else nn
-
-    def squeeze_excite(self, inputs, name):
-        channels = inputs.shape[-1]
-        nn = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "_se_pool")(inputs)
-        nn = keras.layers.Conv2D(channels // SE_REDUCTION, 1, activation="relu", name=name + "_se_reduce")(nn)
-        nn = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=name + "_se_expand")(nn)
-        return keras.layers.Multiply(name=name + "_se_scale")([inputs, nn])
 
     def bottleneck(self, inputs, filters, strides, name):
         group_width = filters * BASE_WIDTH // 64 * CARDINALITY
         nn = self.conv_bn(inputs, group_width, 1, 1, name + "_1", "relu")
         nn = self.conv_bn(nn, group_width, 3, strides, name + "_2", "relu", groups=CARDINALITY)
         nn = self.conv_bn(nn, filters * EXPANSION, 1, 1, name + "_3")
-        nn = self.squeeze_excite(nn, name)
+        nn = self.squeeze_excite(nn, nn.shape[-1] // SE_REDUCTION, name)
         shortcut = inputs
         if strides > 1 or inputs.shape[-1] != filters * EXPANSION:
             shortcut = self.conv_bn(inputs, filters * EXPANSION, 1, strides, name + "_down")
@@ -56,18 +41,12 @@ class _Builder:
 
 
 def _se_resnext(depths, input_shape, include_top, weights, bn_momentum, bn_epsilon, name):
-    if include_top:
-        raise ValueError(f"include_top=True: {name} here is a headless backbone; add a head with models.buildin_models.")
-    if weights is not None:
-        raise ValueError(f"weights={weights!r}: no pretrained {name} weights exist; use weights=None.")
+    _layers.check_headless(name, include_top, weights)
     builder = _Builder(bn_momentum, bn_epsilon)
     inputs = keras.layers.Input(shape=input_shape)
     nn = builder.conv_bn(inputs, 64, 7, 2, "stem", "relu")
     nn = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(nn)
-    for stage, (depth, filters, strides) in enumerate(zip(depths, STAGE_CHANNELS, STAGE_STRIDES)):
-        for block in range(depth):
-            block_strides = strides if block == 0 else 1
-            nn = builder.bottleneck(nn, filters, block_strides, f"stack{stage + 1}_block{block + 1}")
+    nn = _layers.residual_stages(nn, builder.bottleneck, depths, STAGE_CHANNELS, STAGE_STRIDES)
     return keras.Model(inputs, nn, name=name)
 
 
