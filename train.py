@@ -15,6 +15,7 @@ Usage:
 Command line: `python train.py --demo` trains a small model on a generated identity dataset (see demo.py).
 """
 import os
+import warnings
 
 import keras
 import tensorflow as tf
@@ -421,13 +422,17 @@ class Train:
             )
         )
         self._continue_from_epoch(initial_epoch)
-        history = self.model.fit(
-            self._training_dataset(),
-            epochs=initial_epoch + epoch,
-            initial_epoch=initial_epoch,
-            callbacks=self._callbacks(),
-            verbose=1,
-        )
+        with warnings.catch_warnings():
+            # The dataset is finite and shuffled by data.py; its length may shrink by skipped corrupt images.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            history = self.model.fit(
+                self._training_dataset(),
+                epochs=initial_epoch + epoch,
+                initial_epoch=initial_epoch,
+                callbacks=self._callbacks(),
+                shuffle=False,
+                verbose=1,
+            )
         self.basic_model.trainable = True
         return history
 
