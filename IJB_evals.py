@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """IJB-B / IJB-C evaluation: 1:1 verification (TAR@FAR) and 1:N identification, on the insightface `IJB_release` layout.
 
 Pipeline: `loose_crop` images + 5 landmarks -> similarity-aligned 112x112 faces -> embeddings (and of
