@@ -242,3 +242,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(dataset, workdir):
     assert history["lr"] == pytest.approx(straight_history["lr"])
     # Same data order, same optimizer state and same centers: the weights agree up to float round-off.
     np.testing.assert_allclose(np.load("final_weights.npy"), np.load(straight_dir / "final_weights.npy"), rtol=1e-4, atol=1e-5)
+
+
+def test_sgdw_weight_decay_follows_the_learning_rate(dataset):
+    import optimizers
+
+    tt = train.Train(dataset, "sgdw.h5", basic_model=tiny_basic_model(), batch_size=8, lr_base=0.1, lr_decay=0.1, lr_decay_steps=[1])
+    optimizer = optimizers.SGDW(learning_rate=0.1, weight_decay=5e-4, momentum=0.9)
+    tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 2, "optimizer": optimizer}])
+    # epoch 1 runs at lr 0.1 * 0.1, so the absolute decay is 5e-4 * 0.01 / 0.1
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    assert float(optimizer.decoupled_weight_decay.numpy()) == pytest.approx(5e-5)
+
+
+def test_cosine_decay_on_batch_schedule(dataset):
+    tt = train.Train(dataset, "cos.h5", basic_model=tiny_basic_model(), batch_size=8, lr_base=0.01, lr_decay=0.5, lr_decay_steps=500, lr_min=1e-5)
+    tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": "sgd"}])
+    steps = tt.steps_per_epoch  # 32 images / batch 8 = 4 steps; the lr was last set at iteration steps - 1
+    expected = 1e-5 + (0.01 - 1e-5) * (1 + np.cos(np.pi * (steps - 1) / 500)) / 2
+    assert float(tt.optimizer.learning_rate.numpy()) == pytest.approx(expected, rel=1e-4)
