@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,20 +31,10 @@ import data_distiller  # noqa: E402
 import export  # noqa: E402
 import model_interf  # noqa: E402
 import models  # noqa: E402
+from bench_common import load_average, machine  # noqa: E402
 from data_pipeline import write_images  # noqa: E402  (bench/data_pipeline.py: JPEG folder generator)
 
 NUM_CLASSES = 50
-
-
-def load_average():
-    return round(os.getloadavg()[0], 2)
-
-
-def machine():
-    description = "{}-core {} CPU sandbox".format(os.cpu_count(), platform.machine())
-    if load_average() > 2:
-        description += ", shared with other jobs during the run"
-    return description
 
 
 def images_per_second(run, num_images, min_seconds):

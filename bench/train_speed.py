@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import losses  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
+from bench_common import load_average, machine  # noqa: E402
 from data_pipeline import write_images  # noqa: E402  (bench/data_pipeline.py: JPEG folder generator)
 
 DEFAULT_MODELS = ["mobilefacenet", "r50"]
@@ -40,17 +40,6 @@ OUTPUT_LAYERS = {"r50": "E", "r100": "E"}  # insightface's "E" head on the MXNet
 NUM_CLASSES = 100
 INPUT_SHAPE = (112, 112, 3)
 LR_BASE = 0.1
-
-
-def load_average():
-    return round(os.getloadavg()[0], 2)
-
-
-def machine():
-    description = "{}-core {} CPU sandbox".format(os.cpu_count(), platform.machine())
-    if load_average() > 2:
-        description += ", shared with other jobs during the run"
-    return description
 
 
 class EpochTimer(keras.callbacks.Callback):
