@@ -462,8 +462,26 @@ def _same_label_matrix(y_true):
     return ops.equal(labels[:, None], labels[None, :])
 
 
+class _TripletLoss(keras.losses.Loss):
+    """Base of the triplet losses: the margin `alpha`, and the same-label / cosine-distance matrices."""
+
+    def __init__(self, alpha=0.35, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+
+    @staticmethod
+    def _same_label_and_distance(y_true, y_pred):
+        """Boolean same-label matrix and cosine distance `1 - cos` of the L2-normalized embeddings."""
+        return _same_label_matrix(y_true), 1.0 - _cosine_similarity_matrix(y_pred)
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha"] = self.alpha
+        return config
+
+
 @_register
-class BatchHardTripletLoss(keras.losses.Loss):
+class BatchHardTripletLoss(_TripletLoss):
     """Batch-hard triplet loss (Hermans et al., "In Defense of the Triplet Loss", 2017) on cosine distance.
 
     Embeddings are L2-normalized; distance `d = 1 - cos`. For each anchor:
@@ -473,27 +491,17 @@ class BatchHardTripletLoss(keras.losses.Loss):
     Usage: loss = BatchHardTripletLoss(alpha=0.35)
     """
 
-    def __init__(self, alpha=0.35, **kwargs):
-        super().__init__(**kwargs)
-        self.alpha = float(alpha)
-
     def call(self, y_true, y_pred):
-        same = _same_label_matrix(y_true)
-        dist = 1.0 - _cosine_similarity_matrix(y_pred)
+        same, dist = self._same_label_and_distance(y_true, y_pred)
         hardest_pos = ops.max(ops.where(same, dist, 0.0), axis=-1)
         hardest_neg = ops.min(ops.where(same, 4.0, dist), axis=-1)  # cosine distance is at most 2
         has_negative = ops.any(ops.logical_not(same), axis=-1)
         loss = ops.maximum(hardest_pos - hardest_neg + self.alpha, 0.0)
         return ops.where(has_negative, loss, 0.0)
 
-    def get_config(self):
-        config = super().get_config()
-        config["alpha"] = self.alpha
-        return config
-
 
 @_register
-class BatchAllTripletLoss(keras.losses.Loss):
+class BatchAllTripletLoss(_TripletLoss):
     """Batch-all triplet loss (Hermans et al. 2017, "BA != 0") on cosine distance `d = 1 - cos`.
 
     Over every triplet (a, p, n) of the batch with p != a of a's label and n of another label,
@@ -502,13 +510,8 @@ class BatchAllTripletLoss(keras.losses.Loss):
     Usage: loss = BatchAllTripletLoss(alpha=0.35)
     """
 
-    def __init__(self, alpha=0.35, **kwargs):
-        super().__init__(**kwargs)
-        self.alpha = float(alpha)
-
     def call(self, y_true, y_pred):
-        same = _same_label_matrix(y_true)
-        dist = 1.0 - _cosine_similarity_matrix(y_pred)
+        same, dist = self._same_label_and_distance(y_true, y_pred)
         not_self = ops.logical_not(ops.eye(ops.shape(dist)[0], dtype="bool"))
         positive = ops.logical_and(same, not_self)
         valid = ops.logical_and(positive[:, :, None], ops.logical_not(same)[:, None, :])
@@ -516,11 +519,6 @@ class BatchAllTripletLoss(keras.losses.Loss):
         triplet = ops.where(valid, triplet, 0.0)
         active = ops.sum(ops.cast(triplet > 0, triplet.dtype))
         return ops.sum(triplet) / ops.maximum(active, 1.0)
-
-    def get_config(self):
-        config = super().get_config()
-        config["alpha"] = self.alpha
-        return config
 
 
 @_register

@@ -138,7 +138,6 @@ class Train:
 
         self.save_path = os.path.join(CHECKPOINTS_DIR, save_path)
         self.save_stem = os.path.splitext(os.path.basename(save_path))[0]
-        self.custom_objects = custom_objects
         self.output_weight_decay = output_weight_decay
         self.lr_base, self.lr_decay, self.lr_decay_steps = lr_base, lr_decay, lr_decay_steps
         self.lr_min, self.lr_warmup_steps = lr_min, lr_warmup_steps
@@ -251,14 +250,14 @@ class Train:
         """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
-            outputs, kinds = [keras.layers.Identity(name=loss_type)(embedding)], ["label"]
+            head = keras.layers.Identity(name=loss_type)
         else:
-            outputs, kinds = [self._output_head(loss_type, loss_top_k, append_norm)(embedding)], ["label"]
-        extras = (("center", with_center, "label"), ("triplet", with_triplet, "label"))
-        for name, enabled, kind in extras:
+            head = self._output_head(loss_type, loss_top_k, append_norm)
+        outputs, kinds = [head(embedding)], ["label"]
+        for name, enabled in (("center", with_center), ("triplet", with_triplet)):
             if enabled and loss_type != name:
                 outputs.append(keras.layers.Identity(name=name + "_embedding")(embedding))
-                kinds.append(kind)
+                kinds.append("label")
         if with_distill:
             outputs.append(self._distill_output(embedding))
             kinds.append("embedding")
