@@ -29,18 +29,15 @@ def default_dest_file(data_path, emb_shape, use_fp16, save_npz):
     return "{}_shuffle_label_embs_normed_{}{}.{}".format(base, emb_shape, suffix, "npz" if save_npz else "tfrecord")
 
 
-def l2_normalize(embeddings):
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-
-
 def extract_embeddings(teacher, image_names, batch_size=256, img_shape=(112, 112), use_fp16=False):
     """Normalized teacher embeddings of every image, in order, as float16 or float32."""
     import data
+    import evals
 
     dtype = np.float16 if use_fp16 else np.float32
     batches = data.image_batches_uint8(image_names, img_shape=img_shape, batch_size=batch_size)
     total = (len(image_names) + batch_size - 1) // batch_size
-    outputs = [l2_normalize(np.asarray(teacher(batch), np.float32)).astype(dtype) for batch in tqdm(batches, total=total, desc="Embedding")]
+    outputs = [evals.l2_normalize(teacher(batch)).astype(dtype) for batch in tqdm(batches, total=total, desc="Embedding")]
     return np.concatenate(outputs)
 
 
