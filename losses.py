@@ -83,8 +83,7 @@ def _split_feature_norm(y_true, y_pred):
 class _MarginSoftmaxLoss(keras.losses.Loss):
     """Base of the margin losses: margined target cosine, `scale`, softmax cross-entropy.
 
-    Subclasses define `_target_logit(target_cos, feature_norm)`; they may override
-    `_other_logits(cos, target_cos)` (non-target cosines) and `_regularizer(feature_norm)`.
+    Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)`.
     The target cosine is `sum(y_true * cos)` and the margin is added at the target index
     (`scatter_update(..., reduction="add")`): measured, this keeps a single logits-size buffer
     live through forward and backward, where gathers and slices keep two or three.
@@ -104,8 +103,7 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
             y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
         target_cos = ops.sum(y_true * y_pred, axis=-1)
         target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
-        cos, target_now = self._other_logits(y_pred, target_cos)
-        logits = ops.scatter_update(cos, _target_indices(y_true), target_logit - target_now, reduction="add")
+        logits = ops.scatter_update(y_pred, _target_indices(y_true), target_logit - target_cos, reduction="add")
         loss = keras.losses.categorical_crossentropy(
             y_true, logits * self.scale, from_logits=self.from_logits, label_smoothing=self.label_smoothing
         )
@@ -115,10 +113,6 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
 
     def _target_logit(self, target_cos, feature_norm):
         raise NotImplementedError
-
-    def _other_logits(self, cos, target_cos):
-        """Non-target logits and the value they hold at the target index."""
-        return cos, target_cos
 
     def _regularizer(self, feature_norm):
         return 0.0
@@ -197,6 +191,48 @@ class CosFaceLoss(_MarginSoftmaxLoss):
         return config
 
 
+def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scale, label_smoothing):
+    """Softmax cross-entropy of CurricularFace logits, with a hand-written gradient.
+
+    Non-target cosines `c > hard_threshold` become `c * (t + c)`, the target column becomes
+    `target_logit`, everything is multiplied by `scale`. The backward pass recomputes the logits
+    from `cos` instead of keeping forward buffers, and writes `dL/dc = scale * (p - ls / C) *
+    (t + 2c or 1)` directly: autodiff of the same formula keeps about three more logits-size
+    buffers alive (docs/losses.md). `hard_threshold` (batch, 1) and `t` get no gradient.
+    Usage: per_sample = _curricular_cross_entropy(y_true, cos, target_logit, threshold, t, 64.0, 0.0)
+    """
+    indices = _target_indices(y_true)
+    smooth = label_smoothing / cos.shape[-1]
+
+    def scaled_logits(cos, target_logit):
+        modulated = cos * ops.where(cos > hard_threshold, t + cos, 1.0)
+        return ops.scatter_update(modulated, indices, target_logit) * scale
+
+    @ops.custom_gradient
+    def cross_entropy(cos, target_logit):
+        logits = scaled_logits(cos, target_logit)
+        log_norm = ops.logsumexp(logits, axis=-1)
+        loss = log_norm - (1.0 - label_smoothing) * scale * target_logit
+        if label_smoothing:
+            loss = loss - smooth * ops.sum(logits, axis=-1)
+
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            prob = ops.exp(scaled_logits(cos, target_logit) - ops.expand_dims(log_norm, -1))
+            target_prob = ops.take_along_axis(prob, indices[:, 1:], axis=-1)[:, 0]
+            if label_smoothing:
+                prob = prob - smooth
+            grad_cos = prob * ops.where(cos > hard_threshold, t + 2.0 * cos, 1.0)
+            grad_cos = ops.scatter_update(grad_cos, indices, ops.zeros_like(target_logit))
+            upstream_scale = upstream * scale
+            grad_target = (target_prob - (1.0 - label_smoothing) - smooth) * upstream_scale
+            return grad_cos * ops.expand_dims(upstream_scale, -1), grad_target
+
+        return loss, grad
+
+    return cross_entropy(cos, target_logit)
+
+
 @_register
 class CurricularFaceLoss(_MarginSoftmaxLoss):
     """CurricularFace (Huang et al., "CurricularFace: Adaptive Curriculum Learning Loss for Deep Face Recognition", CVPR 2020).
@@ -205,26 +241,28 @@ class CurricularFaceLoss(_MarginSoftmaxLoss):
     `c` above the sample's `cos(theta_y + margin)` is a hard negative and becomes `c * (t + c)`.
     `t` is a non-trainable running value, updated on every call before use:
     `t = alpha * t + (1 - alpha) * mean(target cosines of the batch)`, starting at 0.
+    The cross-entropy always works from logits (`from_logits=False` is refused) and carries its
+    own gradient, which keeps the step's memory near ArcFace's: see `_curricular_cross_entropy`.
     Usage: loss = CurricularFaceLoss(margin=0.5, scale=64.0, alpha=0.99)
     """
 
     def __init__(self, margin=0.5, scale=64.0, alpha=0.99, from_logits=True, label_smoothing=0, **kwargs):
+        if not from_logits:
+            raise ValueError("CurricularFaceLoss computes softmax cross-entropy on its own logits; from_logits must be True")
         super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
         self.margin, self.alpha = float(margin), float(alpha)
         self.t = keras.Variable(0.0, trainable=False, dtype="float32", name="curricular_t", aggregation="mean")
 
-    def _target_logit(self, target_cos, feature_norm):
-        return combined_margin(target_cos, 1.0, self.margin, 0.0)
-
-    def _other_logits(self, cos, target_cos):
+    def call(self, y_true, y_pred):
+        target_cos = ops.sum(y_true * y_pred, axis=-1)
+        target_logit = ops.cast(combined_margin(target_cos, 1.0, self.margin, 0.0), y_pred.dtype)
         constant_cos = ops.stop_gradient(target_cos)
         t = self.alpha * self.t + (1.0 - self.alpha) * ops.mean(ops.cast(constant_cos, "float32"))
         self.t.assign(t)
-        t = ops.cast(t, cos.dtype)
         hard_threshold = ops.cos(ops.arccos(ops.clip(constant_cos, -1.0, 1.0)) + self.margin)
-        hard = cos > ops.expand_dims(hard_threshold, -1)
-        target_now = ops.where(target_cos > hard_threshold, target_cos * (t + target_cos), target_cos)
-        return cos * ops.where(hard, t + cos, 1.0), target_now
+        return _curricular_cross_entropy(
+            y_true, y_pred, target_logit, ops.expand_dims(hard_threshold, -1), ops.cast(t, y_pred.dtype), self.scale, self.label_smoothing
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -114,18 +114,53 @@ def test_cosface_and_scale_softmax():
     np.testing.assert_allclose(got, softmax_ce(y_true, cos * 16.0), rtol=1e-5, atol=1e-5)
 
 
-def test_curricular_face_with_running_t():
-    loss = losses.CurricularFaceLoss(margin=0.5, scale=64.0, alpha=0.99, dtype="float64")
+def curricular_reference(y_true, cos, t, margin, scale, label_smoothing=0.0):
+    """CurricularFace per-sample loss: hard negatives c > cos(theta_y + m) become c * (t + c)."""
+    cos_t = target_of(y_true, cos)
+    cos_theta_m = np.cos(np.arccos(cos_t) + margin)
+    other = np.where(cos > cos_theta_m[:, None], cos * (t + cos), cos)
+    return margin_softmax(y_true, cos, arcface_target(cos_t, margin), scale, label_smoothing, other=other)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_curricular_face_with_running_t(label_smoothing):
+    loss = losses.CurricularFaceLoss(margin=0.5, scale=64.0, alpha=0.99, label_smoothing=label_smoothing, dtype="float64")
     t = 0.0
     for _ in range(2):
         y_true, cos = make_batch(extreme_targets=EXTREMES)
-        cos_t = target_of(y_true, cos)
-        t = 0.99 * t + 0.01 * cos_t.mean()
-        cos_theta_m = np.cos(np.arccos(cos_t) + 0.5)
-        other = np.where(cos > cos_theta_m[:, None], cos * (t + cos), cos)
-        expected = margin_softmax(y_true, cos, arcface_target(cos_t, 0.5), 64.0, other=other)
+        t = 0.99 * t + 0.01 * target_of(y_true, cos).mean()
+        expected = curricular_reference(y_true, cos, t, 0.5, 64.0, label_smoothing)
         np.testing.assert_allclose(run_loss(loss, y_true, cos), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(float(loss.t.numpy()), t, rtol=1e-5)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_curricular_face_gradient_matches_finite_differences(label_smoothing):
+    """The hand-written backward pass equals central differences of the NumPy formula (t, threshold held)."""
+    labels = RNG.integers(0, 6, size=5)
+    y_true = np.eye(6)[labels]
+    cos = RNG.uniform(-0.8, 0.95, size=(5, 6))
+    loss = losses.CurricularFaceLoss(margin=0.5, scale=16.0, alpha=1.0, label_smoothing=label_smoothing, dtype="float64")
+    loss.t.assign(0.3)
+    cos_tensor = tf.constant(cos)
+    with tf.GradientTape() as tape:
+        tape.watch(cos_tensor)
+        total = tf.reduce_sum(loss.call(tf.constant(y_true), cos_tensor))
+    got = tape.gradient(total, cos_tensor).numpy()
+    expected = np.zeros_like(cos)
+    eps = 1e-6
+    for index in np.ndindex(*cos.shape):
+        step = np.zeros_like(cos)
+        step[index] = eps
+        plus = curricular_reference(y_true, cos + step, 0.3, 0.5, 16.0, label_smoothing).sum()
+        minus = curricular_reference(y_true, cos - step, 0.3, 0.5, 16.0, label_smoothing).sum()
+        expected[index] = (plus - minus) / (2 * eps)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_curricular_face_refuses_probabilities():
+    with pytest.raises(ValueError, match="from_logits"):
+        losses.CurricularFaceLoss(from_logits=False)
 
 
 def with_norm(cos, norms):
