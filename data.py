@@ -207,9 +207,10 @@ def _random_brightness(images, u, random_status):
 def _random_contrast(images, u, random_status):
     """Scale the distance to each channel's mean by a factor in 1 -/+ 0.1 * random_status.
 
-    The mean is taken over every second row and column: as good an estimate for a face crop, at half the batch cost.
+    The mean is taken over every fourth row and column (1/16 of the pixels, 784 of a 112x112 face): as good an
+    estimate for a face crop, and the reduction over all pixels would cost as much as the rest of the augmentation.
     """
-    mean = tf.reduce_mean(images[..., ::2, ::2, :], axis=[-3, -2], keepdims=True)
+    mean = tf.reduce_mean(images[..., ::4, ::4, :], axis=[-3, -2], keepdims=True)
     return (images - mean) * _spread(u, 0.1 * random_status) + mean
 
 
@@ -442,14 +443,14 @@ def _batch_finisher(num_classes, augment, jit_compile, random_crop=None):
     """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets."""
 
     def augment_and_normalize(images, seed):
+        images = tf.cast(images, tf.float32)
         return normalize_image(images if augment is None else augment(images, seed))
 
-    if jit_compile:  # XLA fuses augmentation and normalization into a few passes: several times faster on CPU
+    if jit_compile:  # XLA fuses the uint8 -> float32 cast, augmentation and normalization into a few passes
         augment_and_normalize = tf.function(augment_and_normalize, jit_compile=True)
 
     def finish_images(images, seed):
-        images = tf.cast(images, tf.float32)
-        if random_crop is not None:
+        if random_crop is not None:  # CropAndResize has no XLA kernel; it reads uint8 and gives float32
             images = _random_crop_resize(images, seed + 1, random_crop)
         return augment_and_normalize(images, seed)
 
