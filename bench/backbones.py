@@ -11,7 +11,6 @@ Usage: python bench/backbones.py [--names r18 mobilefacenet] [--batch_size 32] [
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -24,13 +23,10 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: E402
 
 import models  # noqa: E402
+from bench_common import machine  # noqa: E402
 
 DEFAULT_NAMES = ["r18", "r34", "r50", "r100", "mobilefacenet", "mobilenet", "ghostnet", "mobilenetv3_small", "efficientnetb0"]
 INPUT_SHAPE = (112, 112, 3)
-
-
-def machine():
-    return "{}-core {} CPU, TensorFlow {}".format(os.cpu_count(), platform.machine(), tf.__version__)
 
 
 def count_params(model):

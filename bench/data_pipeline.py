@@ -14,7 +14,6 @@ Usage: python bench/data_pipeline.py [--images 10000] [--classes 100] [--batch_s
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,27 +21,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
-
-
-def machine():
-    return "{}-core {} CPU, TensorFlow {}".format(os.cpu_count(), platform.machine(), tf.__version__)
-
-
-def write_images(root, num_images, num_classes, size=112):
-    """Smooth random pictures (closer to faces in JPEG size than noise) in `root/<class>/<n>.jpg`."""
-    rng = np.random.default_rng(0)
-    for ii in range(num_images):
-        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        image = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
-        folder = os.path.join(root, str(ii % num_classes))
-        os.makedirs(folder, exist_ok=True)
-        cv2.imwrite(os.path.join(folder, "{}.jpg".format(ii)), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+from bench_common import machine, write_images  # noqa: E402
 
 
 def plain_decode_dataset(root, batch_size):

@@ -31,8 +31,7 @@ import data_distiller  # noqa: E402
 import export  # noqa: E402
 import model_interf  # noqa: E402
 import models  # noqa: E402
-from bench_common import load_average, machine  # noqa: E402
-from data_pipeline import write_images  # noqa: E402  (bench/data_pipeline.py: JPEG folder generator)
+from bench_common import load_average, machine, write_images  # noqa: E402
 
 NUM_CLASSES = 50
 

@@ -14,19 +14,12 @@ Prints one JSON object per measurement: name, metric, value, unit, machine.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
+from bench_common import machine
+
 LOSS_NAMES = ("scale_softmax", "arcface", "arcface_simple", "cosface", "curricular", "magface", "adaface")
-
-
-def machine():
-    model = "unknown cpu"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as ff:
-            model = next((line.split(":", 1)[1].strip() for line in ff if line.startswith("model name")), model)
-    return "{}-core {} CPU ({})".format(os.cpu_count(), platform.machine(), model)
 
 
 def build_loss(name):

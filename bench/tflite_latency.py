@@ -14,7 +14,6 @@ Usage: python bench/tflite_latency.py [--tables conversions heads backbones] [--
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,19 +23,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import export  # noqa: E402
 import io_utils  # noqa: E402
 import models  # noqa: E402
+from bench_common import machine  # noqa: E402
 
 DEFAULT_FACES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "faces_rec", "lfw.bin")
 HEAD = dict(emb_shape=512, output_layer="GDC", add_pointwise_conv=False, use_prelu=False)
-
-
-def machine():
-    return "{}-core {} CPU sandbox, TF {}".format(os.cpu_count(), platform.machine(), tf.__version__)
 
 
 # ---------------------------------------------------------------- the rows of each table: (row label, backbone, head, conversion, xnnpack)

@@ -32,8 +32,7 @@ import numpy as np  # noqa: E402
 import losses  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
-from bench_common import load_average, machine  # noqa: E402
-from data_pipeline import write_images  # noqa: E402  (bench/data_pipeline.py: JPEG folder generator)
+from bench_common import load_average, machine, write_images  # noqa: E402
 
 DEFAULT_MODELS = ["mobilefacenet", "r50"]
 OUTPUT_LAYERS = {"r50": "E", "r100": "E"}  # insightface's "E" head on the MXNet ResNets, "GDC" elsewhere
