@@ -217,8 +217,7 @@ def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scal
         if label_smoothing:
             loss = loss - smooth * ops.sum(logits, axis=-1)
 
-        def grad(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
+        def grad(upstream):
             prob = ops.exp(scaled_logits(cos, target_logit) - ops.expand_dims(log_norm, -1))
             target_prob = ops.take_along_axis(prob, indices[:, 1:], axis=-1)[:, 0]
             if label_smoothing:
