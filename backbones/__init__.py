@@ -1,6 +1,4 @@
-"""Backbones: one module per family, each builder returns a headless keras.Model.
+"""Seed name from a checkout: `backbones` is `keras_insightface.backbones` (see keras_insightface/_flat.py)."""
+from keras_insightface._flat import alias
 
-Usage:
-    from backbones import resnet, mobile_facenet, efficientnet
-    backbone = resnet.ResNet50(input_shape=(112, 112, 3))
-"""
+alias(__name__, "backbones")

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: E402
 
-import models  # noqa: E402
+from keras_insightface import models  # noqa: E402
 from bench_common import machine  # noqa: E402
 
 DEFAULT_NAMES = ["r18", "r34", "r50", "r100", "mobilefacenet", "mobilenet", "ghostnet", "mobilenetv3_small", "efficientnetb0"]

@@ -18,12 +18,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-import data  # noqa: E402
+from keras_insightface import data  # noqa: E402
 from bench_common import machine, write_images  # noqa: E402
 
 

@@ -21,16 +21,15 @@ import tempfile
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import data  # noqa: E402
-import data_distiller  # noqa: E402
-import export  # noqa: E402
-import model_interf  # noqa: E402
-import models  # noqa: E402
+from keras_insightface import data  # noqa: E402
+from keras_insightface import data_distiller  # noqa: E402
+from keras_insightface import export  # noqa: E402
+from keras_insightface import model_interf  # noqa: E402
+from keras_insightface import models  # noqa: E402
 from bench_common import load_average, machine, write_images  # noqa: E402
 
 NUM_CLASSES = 50

@@ -25,8 +25,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import IJB_evals  # noqa: E402
+from keras_insightface import IJB_evals  # noqa: E402
 
 IJBC_SIZE = {"images": 469_375, "templates": 23_124, "gallery": 3_531, "pairs": 15_658_489, "genuine": 19_557}
 DIM = 512

@@ -23,7 +23,7 @@ LOSS_NAMES = ("scale_softmax", "arcface", "arcface_simple", "cosface", "curricul
 
 
 def build_loss(name):
-    import losses
+    from keras_insightface import losses
 
     factories = {
         "scale_softmax": lambda: losses.scale_softmax,
@@ -48,7 +48,7 @@ def measure_case(name, classes, batch, steps):
     import time
 
     import tensorflow as tf
-    import losses
+    from keras_insightface import losses
 
     loss = build_loss(name)
     y_pred = tf.random.uniform((batch, classes), -1.0, 1.0)
@@ -105,7 +105,6 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--case", nargs=2, metavar=("LOSS", "CLASSES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.case:
         report_case(args.case[0], int(args.case[1]), args.batch, args.steps)
         return

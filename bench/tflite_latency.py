@@ -18,16 +18,15 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import export  # noqa: E402
-import io_utils  # noqa: E402
-import models  # noqa: E402
+from keras_insightface import export  # noqa: E402
+from keras_insightface import io_utils  # noqa: E402
+from keras_insightface import models  # noqa: E402
 from bench_common import machine  # noqa: E402
 
 DEFAULT_FACES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "faces_rec", "lfw.bin")

@@ -23,15 +23,14 @@ import tempfile
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import losses  # noqa: E402
-import models  # noqa: E402
-import train  # noqa: E402
+from keras_insightface import losses  # noqa: E402
+from keras_insightface import models  # noqa: E402
+from keras_insightface import train  # noqa: E402
 from bench_common import load_average, machine, write_images  # noqa: E402
 
 DEFAULT_MODELS = ["mobilefacenet", "r50"]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import IJB_evals
+from keras_insightface import IJB_evals
 
 TEMPLATE_5PTS = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -135,7 +135,7 @@ def test_alignment_is_identity_on_the_template_and_undoes_a_similarity(tmp_path)
 def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     model_path, weights = tiny_model_file
     out = str(tmp_path / "result")
-    table, table_1n = IJB_evals.main(["-m", model_path, "-d", mini_tree, "-s", "IJBC", "-b", "5", "-o", out, "-E", "-L", "-N", "--workers", "2"])
+    table, table_1n = IJB_evals.run(IJB_evals.parse_arguments(["-m", model_path, "-d", mini_tree, "-s", "IJBC", "-b", "5", "-o", out, "-E", "-L", "-N", "--workers", "2"]))
 
     rows, pairs = mini_rows(), mini_pairs()
     images = [cv2.imread(os.path.join(mini_tree, "IJBC", "loose_crop", row[0]))[:, :, ::-1] for row in rows]
@@ -173,7 +173,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
         assert one_n.loc[("N0D1F1", gallery), "top1"] == pytest.approx(np.mean(hits) * 100)
         assert one_n.loc[("N0D1F1", gallery), "top5"] == pytest.approx(100.0)
 
-    restored, _ = IJB_evals.main(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-d", mini_tree, "-s", "IJBC", "-B", "-o", out])
+    restored, _ = IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-d", mini_tree, "-s", "IJBC", "-B", "-o", out]))
     assert len(restored) == 8 and set(restored.index) == {"tiny_model_IJBC_" + s for s in IJB_evals.ALL_SCENARIOS}
     np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
     for scenario in ("N1D0F0", "N1D1F0", "N0D0F1"):
@@ -185,11 +185,11 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
         np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_{}.npy".format(scenario))), scenario_expected, atol=1e-4)
 
     alone = str(tmp_path / "alone")
-    IJB_evals.main(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-s", "IJBC", "-o", alone])  # meta from the npz
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-s", "IJBC", "-o", alone]))  # meta from the npz
     np.testing.assert_allclose(np.load(os.path.join(alone, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
 
     png = str(tmp_path / "roc.png")
-    plot_table, _ = IJB_evals.main(["--plot_only", os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"), os.path.join(out, "tiny_model_IJBC_N1D1F1.npy"), os.path.join(out, "IJBC_label.npy"), "--plot_save", png])
+    plot_table, _ = IJB_evals.run(IJB_evals.parse_arguments(["--plot_only", os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"), os.path.join(out, "tiny_model_IJBC_N1D1F1.npy"), os.path.join(out, "IJBC_label.npy"), "--plot_save", png]))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(plot_table) == 2
 
@@ -236,7 +236,7 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
     npz = str(tmp_path / "emb" / "hand_IJBC.npz")
     os.makedirs(os.path.dirname(npz))
     np.savez(npz, embs=embs)
-    table, table_1n = IJB_evals.main(["-R", npz, "-d", root, "-s", "IJBC", "-N"])
+    table, table_1n = IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-d", root, "-s", "IJBC", "-N"]))
 
     # no flipped embeddings: the default scenario runs as N0D1F0; scores in percent
     assert list(table.index) == ["hand_IJBC_N0D1F0"]
@@ -360,11 +360,11 @@ def test_malformed_meta_fails_before_the_model_naming_file_and_line(small_releas
     root, meta_dir = small_release
     _rewrite_line(os.path.join(meta_dir, file_name), line, text)
     with pytest.raises(error, match=message):
-        IJB_evals.main(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB", "-N"])
+        IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB", "-N"]))
 
 
 def test_missing_image_is_named_with_its_line(small_release):
     root, _ = small_release
     os.remove(os.path.join(root, "IJBB", "loose_crop", "3.jpg"))
     with pytest.raises(FileNotFoundError, match=r"ijbb_name_5pts_score\.txt: line 3: image not found: .*3\.jpg"):
-        IJB_evals.main(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"])
+        IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"]))

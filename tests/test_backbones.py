@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras
-from backbones import ghostnet, mobilenet_v3, resnest, se_resnext
+from keras_insightface.backbones import ghostnet, mobilenet_v3, resnest, se_resnext
 
 SMALL_INPUT = (64, 64, 3)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data
+from keras_insightface import data
 
 SIZE = (16, 16)
 

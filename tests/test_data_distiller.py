@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-import data
-import data_distiller
+from keras_insightface import data
+from keras_insightface import data_distiller
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_EMB = 4
@@ -122,8 +122,8 @@ def test_npz_to_tfrecord_cli(faces, tmp_path):
 
 
 def test_distill_training_brings_student_towards_teacher(faces, tmp_path, monkeypatch):
-    import losses
-    import train
+    from keras_insightface import losses
+    from keras_insightface import train
 
     monkeypatch.chdir(tmp_path)
     teacher_path = str(tmp_path / "teacher.h5")

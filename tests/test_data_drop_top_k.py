@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-import data_drop_top_k
-import models
+from keras_insightface import data_drop_top_k
+from keras_insightface import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RED, BLUE = (255, 0, 0), (0, 0, 255)  # RGB
@@ -90,8 +90,8 @@ def test_model_without_sub_centers_is_refused(noisy_dataset):
 
 
 def test_train_continues_on_the_cleaned_dataset(noisy_dataset, tmp_path, monkeypatch):
-    import losses
-    import train
+    from keras_insightface import losses
+    from keras_insightface import train
 
     monkeypatch.chdir(tmp_path)
     inputs = keras.Input((112, 112, 3))

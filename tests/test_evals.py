@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-import evals
-import io_utils
+from keras_insightface import evals
+from keras_insightface import io_utils
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces_rec")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,7 +377,7 @@ def test_callback_under_mirrored_strategy(tmp_path):
         import numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        import evals
+        from keras_insightface import evals
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             basic = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])

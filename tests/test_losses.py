@@ -10,8 +10,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-import losses
-from models import NormDense
+from keras_insightface import losses
+from keras_insightface.models import NormDense
 
 RNG = np.random.default_rng(42)
 NUM_CLASSES = 7

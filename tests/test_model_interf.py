@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from model_interf import ModelInterf, load_model_interf, model_name
+from keras_insightface.model_interf import ModelInterf, load_model_interf, model_name
 
 SIZE = 8  # small faces keep the tests fast; the interface does not fix the image size
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import models
+from keras_insightface import models
 
 FULL_TESTS = os.environ.get("KERAS_INSIGHTFACE_FULL_TESTS") == "1"
 SMALL_INPUT = (32, 32, 3)
@@ -53,10 +53,10 @@ def fake_backbone(calls, with_preprocessing=False):
 
 
 LARGE_BACKBONE_TARGETS = {
-    "r200": ("backbones.resnet", "ResNet200"),
-    "se_resnext": ("backbones.se_resnext", "SEResNext50"),
-    "se_resnext101": ("backbones.se_resnext", "SEResNext101"),
-    "resnest101": ("backbones.resnest", "ResNest101"),
+    "r200": ("keras_insightface.backbones.resnet", "ResNet200"),
+    "se_resnext": ("keras_insightface.backbones.se_resnext", "SEResNext50"),
+    "se_resnext101": ("keras_insightface.backbones.se_resnext", "SEResNext101"),
+    "resnest101": ("keras_insightface.backbones.resnest", "ResNest101"),
     **{name.lower(): ("keras.applications", name) for name in ("ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2")},
     **{f"efficientnetb{ii}": ("keras.applications", f"EfficientNetB{ii}") for ii in range(1, 8)},
     **{f"efficientnetv2{ii}": ("keras.applications", f"EfficientNetV2{ii.upper()}") for ii in ("b1", "b2", "b3", "s", "m", "l")},
@@ -71,7 +71,12 @@ def test_large_backbones_are_wired_to_their_builders(name, monkeypatch):
     module_name, attribute = LARGE_BACKBONE_TARGETS[name]
     calls = []
     is_efficientnet_v1 = name.startswith("efficientnetb")
-    monkeypatch.setattr(importlib.import_module(module_name), attribute, fake_backbone(calls, is_efficientnet_v1))
+    if module_name.startswith("keras_insightface."):  # registered where defined: swap the registered family builder
+        registered = models.BUILDIN_MODELS[name]
+        assert registered.__wrapped__ is getattr(importlib.import_module(module_name), attribute)
+        monkeypatch.setattr(registered, "__wrapped__", fake_backbone(calls, is_efficientnet_v1))
+    else:
+        monkeypatch.setattr(importlib.import_module(module_name), attribute, fake_backbone(calls, is_efficientnet_v1))
     basic_model = models.buildin_models(name, input_shape=(4, 4, 3), emb_shape=8)
     expected = {"include_top": False, "weights": None, "input_shape": (4, 4, 3)}
     if name.startswith("efficientnetv2"):
@@ -130,7 +135,7 @@ def test_iresnet_parameter_counts_match_insightface(name, expected):
 
 
 def test_iresnet_block_layout():
-    from backbones import resnet
+    from keras_insightface.backbones import resnet
 
     backbone = resnet.ResNet18(input_shape=(112, 112, 3))
     sizes = [backbone.get_layer(f"stack{ii}_block1_add").output.shape[1:] for ii in range(1, 5)]
@@ -150,7 +155,7 @@ def test_full_size_forward_r18_and_mobilefacenet():
 
 
 def test_mobile_facenet_function_as_the_seed_calls_it():
-    from backbones import mobile_facenet
+    from keras_insightface.backbones import mobile_facenet
 
     basic_model = mobile_facenet.mobile_facenet(256, dropout=0, name="mobile_facenet_256")
     assert basic_model.name == "mobile_facenet_256" and basic_model.output.shape == (None, 256)
@@ -168,7 +173,7 @@ def test_bn_momentum_and_epsilon_reach_named_backbones():
 
 
 def test_efficientnet_has_no_preprocessing_layers():
-    from backbones import efficientnet
+    from keras_insightface.backbones import efficientnet
 
     b0 = efficientnet.EfficientNetB0(input_shape=SMALL_INPUT)
     assert [ly.name for ly in b0.layers[1:3]] == ["stem_conv_pad", "stem_conv"]

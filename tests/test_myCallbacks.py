@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-import myCallbacks
-import optimizers
-from myCallbacks import (
+from keras_insightface import myCallbacks
+from keras_insightface import optimizers
+from keras_insightface.myCallbacks import (
     CenterlossCallback,
     ConstantDecayScheduler,
     CosineLrScheduler,

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from optimizers import SGDW, AdamW
+from keras_insightface.optimizers import SGDW, AdamW
 
 VAR0 = np.array([[1.0, -2.0], [0.5, 3.0]], dtype="float32")
 GRADS = [np.array([[0.3, -0.1], [0.2, 0.4]], dtype="float32"), np.array([[-0.5, 0.2], [0.1, -0.3]], dtype="float32")]
@@ -137,8 +137,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from myCallbacks import ConstantDecayScheduler, OptimizerWeightDecay
-    from optimizers import SGDW
+    from keras_insightface.myCallbacks import ConstantDecayScheduler, OptimizerWeightDecay
+    from keras_insightface.optimizers import SGDW
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         inputs = keras.Input((3,))

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-import losses
-import models
-import train
+from keras_insightface import losses
+from keras_insightface import models
+from keras_insightface import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LFW_BIN = os.path.join(REPO, "tests", "data", "faces_rec", "lfw.bin")
@@ -190,7 +190,7 @@ RESUME_SCRIPT = """
     import os, signal, sys, json
     import keras, numpy as np
     keras.utils.set_random_seed(0)
-    import losses, train
+    from keras_insightface import losses, train
     from tests.test_train import tiny_basic_model
     data_path, save_name, kill_epoch, initial_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
@@ -245,7 +245,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(dataset, workdir):
 
 
 def test_sgdw_weight_decay_follows_the_learning_rate(dataset):
-    import optimizers
+    from keras_insightface import optimizers
 
     tt = train.Train(dataset, "sgdw.h5", basic_model=tiny_basic_model(), batch_size=8, lr_base=0.1, lr_decay=0.1, lr_decay_steps=[1])
     optimizer = optimizers.SGDW(learning_rate=0.1, weight_decay=5e-4, momentum=0.9)

@@ -6,7 +6,7 @@ called `name` is made of `name_conv` (or `name_dw` for a depthwise conv), `name_
 keep one naming scheme and their saved models load without custom objects.
 
 Usage:
-    from backbones._layers import LayerBuilder
+    from keras_insightface.backbones._layers import LayerBuilder
     builder = LayerBuilder(bn_momentum=0.99, bn_epsilon=0.001)
     inputs = keras.layers.Input(shape=(112, 112, 3))
     nn = builder.conv_bn(inputs, 64, 3, 2, "stem", "relu")  # layers stem_conv, stem_bn, stem_relu

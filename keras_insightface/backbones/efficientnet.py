@@ -6,13 +6,13 @@ keras.applications.EfficientNetB* start with Rescaling / Normalization layers th
 EfficientNetV2 builders pass `include_preprocessing=False`.
 
 Usage:
-    from backbones import efficientnet
+    from keras_insightface.backbones import efficientnet
     mm = efficientnet.EfficientNetB0(weights=None, include_top=False, input_shape=(112, 112, 3))
     [ii.name for ii in mm.layers[1:3]]  # ['stem_conv_pad', 'stem_conv']
 """
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 FIRST_LAYER_AFTER_PREPROCESSING = "stem_conv_pad"
 
@@ -58,3 +58,8 @@ EfficientNetV2B3 = _efficientnet_v2("EfficientNetV2B3")
 EfficientNetV2S = _efficientnet_v2("EfficientNetV2S")
 EfficientNetV2M = _efficientnet_v2("EfficientNetV2M")
 EfficientNetV2L = _efficientnet_v2("EfficientNetV2L")
+
+
+for _builder in (EfficientNetB0, EfficientNetB1, EfficientNetB2, EfficientNetB3, EfficientNetB4, EfficientNetB5, EfficientNetB6, EfficientNetB7,
+                 EfficientNetV2B0, EfficientNetV2B1, EfficientNetV2B2, EfficientNetV2B3, EfficientNetV2S, EfficientNetV2M, EfficientNetV2L):
+    registry.register(_builder.__name__, "EfficientNet", _builder)

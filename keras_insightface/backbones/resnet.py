@@ -8,12 +8,12 @@ feature map (7x7x512 for a 112x112 input). The embedding head is added by
 `models.buildin_models`.
 
 Usage:
-    from backbones import resnet
+    from keras_insightface.backbones import resnet
     backbone = resnet.ResNet34(input_shape=(112, 112, 3))
 """
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_DEPTHS = {
@@ -90,3 +90,7 @@ ResNet50 = _named_builder("r50")
 ResNet100 = _named_builder("r100")
 ResNet101 = _named_builder("r101")
 ResNet200 = _named_builder("r200")
+
+
+for _name, _builder in (("r18", ResNet18), ("r34", ResNet34), ("r50", ResNet50), ("r100", ResNet100), ("r101", ResNet101), ("r200", ResNet200)):
+    registry.register(_name, "MXNet version resnet", _builder)

@@ -12,12 +12,12 @@ The branch arithmetic uses plain Keras layers (Reshape, Softmax, Multiply, pooli
 models save and reload as `.keras` and `.h5` without custom objects; it needs a fixed input size.
 
 Usage:
-    from backbones import resnest
+    from keras_insightface.backbones import resnest
     mm = resnest.ResNest50(input_shape=(112, 112, 3))  # output (None, 4, 4, 2048)
 """
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -99,3 +99,7 @@ def ResNest101(input_shape=(112, 112, 3), include_top=False, weights=None, bn_mo
         mm = ResNest101(input_shape=(112, 112, 3))
     """
     return _resnest((3, 4, 23, 3), 64, input_shape, include_top, weights, bn_momentum, bn_epsilon, name)
+
+
+registry.register("resnest50", "Custom", ResNest50)
+registry.register("resnest101", "Custom", ResNest101)

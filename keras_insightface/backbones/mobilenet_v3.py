@@ -10,13 +10,13 @@ tensor arithmetic that a `.h5` file cannot load back), so the models save and re
 formats and convert to TFLite.
 
 Usage:
-    from backbones import mobilenet_v3
+    from keras_insightface.backbones import mobilenet_v3
     mm = mobilenet_v3.MobileNetV3Small(input_shape=(112, 112, 3))  # output (None, 4, 4, 576)
     mm = mobilenet_v3.MobileNetV3Large(input_shape=(112, 112, 3))  # output (None, 4, 4, 960)
 """
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 # kernel size, expanded channels, output channels, squeeze-excite, activation, stride.
 SMALL_CONFIG = (
@@ -107,3 +107,7 @@ def MobileNetV3Large(
         mm = MobileNetV3Large(input_shape=(112, 112, 3))
     """
     return _mobilenet_v3(LARGE_CONFIG, input_shape, include_top, weights, alpha, bn_momentum, bn_epsilon, name)
+
+
+registry.register("mobilenetv3_small", "Custom", MobileNetV3Small)
+registry.register("mobilenetv3_large", "Custom", MobileNetV3Large)

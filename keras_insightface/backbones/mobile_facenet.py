@@ -7,13 +7,14 @@ by 2 (x4 for the last downsampling one) with a 1x1 conv, filter with a 3x3 depth
 project back with a linear 1x1 conv; every other conv is followed by BN + PReLU.
 
 Usage:
-    from backbones import mobile_facenet
+    from keras_insightface.backbones import mobile_facenet
     basic_model = mobile_facenet.mobile_facenet(256, dropout=0, name="mobile_facenet_256")
     backbone = mobile_facenet.MobileFaceNet(input_shape=(112, 112, 3))  # headless, 7x7x512 output
 """
 import keras
 
-from backbones import _layers
+from .. import heads, surgery
+from . import _layers, registry
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 0.001
@@ -92,20 +93,21 @@ def mobile_facenet(
 ):
     """Full MobileFaceNet basic model (backbone + GDC embedding head, last layer `embedding`).
 
-    `weight_decay` adds L2(weight_decay / 2) to every kernel, as `models.add_l2_regularizer_2_model`.
-    Other keyword arguments go to `models.buildin_models` (bn_momentum, bn_epsilon, scale, ...).
+    `weight_decay` adds L2(weight_decay / 2) to every kernel, as `surgery.add_l2_regularizer_2_model`.
+    Other keyword arguments go to `heads.add_embedding_head` (bn_momentum, bn_epsilon, scale, ...).
 
     Usage:
         basic_model = mobile_facenet(256, dropout=0, name="se_mobile_facenet_256", use_se=True)
     """
-    import models  # models imports this module lazily too; importing here keeps module import free of cycles
-
     bn_settings = {key: kwargs.pop(key, default) for key, default in (("bn_momentum", BN_MOMENTUM), ("bn_epsilon", BN_EPSILON))}
     backbone = MobileFaceNet(input_shape=input_shape, use_se=use_se, name=name + "_backbone", **bn_settings)
-    basic_model = models.buildin_models(
-        backbone, dropout=dropout, emb_shape=emb_shape, output_layer=output_layer, **bn_settings, **kwargs
+    basic_model = heads.add_embedding_head(
+        backbone, emb_shape=emb_shape, output_layer=output_layer, dropout=dropout, **bn_settings, **kwargs, name=name
     )
-    basic_model = keras.Model(basic_model.input, basic_model.output, name=name)
     if weight_decay:
-        basic_model = models.add_l2_regularizer_2_model(basic_model, weight_decay)
+        basic_model = surgery.add_l2_regularizer_2_model(basic_model, weight_decay)
     return basic_model
+
+
+registry.register("mobilefacenet", "Custom", MobileFaceNet, name="mobilefacenet")
+registry.register("se_mobilefacenet", "Custom", MobileFaceNet, use_se=True, name="se_mobilefacenet")

@@ -9,12 +9,12 @@ channels, each with BN (ReLU on the first two); then squeeze-excite (global pool
 Shortcuts that change shape are a strided Conv1x1 + BN.
 
 Usage:
-    from backbones import se_resnext
+    from keras_insightface.backbones import se_resnext
     mm = se_resnext.SEResNext50(input_shape=(112, 112, 3))  # output (None, 4, 4, 2048)
 """
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -66,3 +66,8 @@ def SEResNext101(input_shape=(112, 112, 3), include_top=False, weights=None, bn_
         mm = SEResNext101(input_shape=(112, 112, 3))
     """
     return _se_resnext((3, 4, 23, 3), input_shape, include_top, weights, bn_momentum, bn_epsilon, name)
+
+
+registry.register("se_resnext", "Custom", SEResNext50)
+registry.register("se_resnext50", "Custom", SEResNext50)
+registry.register("se_resnext101", "Custom", SEResNext101)

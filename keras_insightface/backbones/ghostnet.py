@@ -8,7 +8,7 @@ changes. The network is a 3x3 stem conv (16 channels), the 16 bottlenecks of the
 and a final 1x1 conv to 960 channels; the classifier (pooling, 1280 conv, dense) is left out.
 
 Usage:
-    from backbones import ghostnet
+    from keras_insightface.backbones import ghostnet
     mm = ghostnet.GhostNet(input_shape=(112, 112, 3))             # output (None, 4, 4, 960)
     mm = ghostnet.GhostNet(input_shape=(112, 112, 3), strides=1)  # output (None, 7, 7, 960)
 """
@@ -16,7 +16,7 @@ import math
 
 import keras
 
-from backbones import _layers
+from . import _layers, registry
 
 # kernel size, expanded channels, output channels, squeeze-excite ratio, stride (paper, table 1).
 BLOCK_CONFIG = (
@@ -98,3 +98,6 @@ def GhostNet(
         nn = builder.bottleneck(nn, kernel_size, expand, filters, se_ratio, block_strides, f"block{index + 1}")
     nn = builder.conv_bn(nn, make_divisible(LAST_CHANNELS * width), 1, 1, "last", "relu")
     return keras.Model(inputs, nn, name=name)
+
+
+registry.register("ghostnet", "Custom", GhostNet)

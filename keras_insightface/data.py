@@ -1,0 +1,552 @@
+"""Training data: a folder / npz / tfrecord dataset becomes a tf.data pipeline of normalized, augmented batches.
+
+Usage:
+    from keras_insightface import data
+    ds, steps_per_epoch = data.prepare_dataset("/datasets/faces_emore_112x112_folders", batch_size=512, random_status=2)
+    images, labels = next(iter(ds))  # float32 [512, 112, 112, 3] in [-1, 1], one-hot float32 [512, num_classes]
+
+Inputs:
+    folder    `<root>/<class>/<image>`; the scan is cached beside it as `<root>_shuffle.npz`
+    .npz      keys `image_names`, `image_classes` and optionally `embeddings` (teacher embeddings)
+    .tfrecord examples with `image_names` (bytes), `image_classes` (int64), `embeddings` (raw bytes),
+              described by the sidecar `<file>.tfrecord.json` (num_classes, total_images, emb_shape, dtype)
+"""
+import hashlib
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from .io_utils import atomic_path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_SUFFIX = "_shuffle.npz"
+SIGNATURE_VERSION = "folder-scan-v1"
+TFRECORD_DTYPES = {"float16": tf.float16, "float32": tf.float32}
+_CACHE_WARNED = set()
+
+
+def normalize_image(images):
+    """Map uint8-range pixels to [-1, 1): `(x - 127.5) * 0.0078125`.  Usage: x = normalize_image(uint8_batch)"""
+    if isinstance(images, np.ndarray):
+        return (images.astype("float32") - 127.5) * 0.0078125
+    return (tf.cast(images, tf.float32) - 127.5) * 0.0078125
+
+
+# ---------------------------------------------------------------- folder scanning and its cache
+def cache_path_of(data_path):
+    """Where the scan of folder `data_path` is cached.  Usage: cache_path_of("/d/faces/") -> "/d/faces_shuffle.npz" """
+    return os.path.normpath(os.fspath(data_path)).rstrip(os.sep) + CACHE_SUFFIX
+
+
+def _is_image_file(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_dirs(root):
+    """Sorted sub-folder entries of `root`: the class folders."""
+    with os.scandir(root) as entries:
+        return sorted((entry for entry in entries if entry.is_dir()), key=lambda entry: entry.name)
+
+
+def folder_signature(root):
+    """A digest of the folder tree's shape: root path and mtime, every class folder's name and mtime.
+
+    Adding, removing or renaming an image changes its class folder's mtime; adding a class changes the root's.
+    """
+    root = os.path.abspath(root)
+    digest = hashlib.sha256("{}\n{}\n{}\n".format(SIGNATURE_VERSION, root, os.stat(root).st_mtime_ns).encode())
+    for entry in _class_dirs(root):
+        digest.update("{}\t{}\n".format(entry.name, entry.stat().st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def _class_ids(class_names):
+    """Integer folder names map to themselves, anything else to its index in sorted order."""
+    if all(name.isdigit() for name in class_names):
+        return [int(name) for name in class_names]
+    return list(range(len(class_names)))
+
+
+def _scan_folder(root):
+    """Walk `<root>/<class>/<image>` once: (absolute image paths, int64 class ids)."""
+    root = os.path.abspath(root)
+    per_class, empty = [], []
+    for entry in tqdm(_class_dirs(root), desc="Scanning " + os.path.basename(root), unit="class"):
+        with os.scandir(entry.path) as files:
+            names = sorted(ff.name for ff in files if ff.is_file() and _is_image_file(ff.name))
+        if names:
+            per_class.append((entry.name, [os.path.join(entry.path, name) for name in names]))
+        else:
+            empty.append(entry.name)
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warnings.warn("{}: skipped {} class folder(s) without images: {}".format(root, len(empty), shown), stacklevel=3)
+    if not per_class:
+        raise ValueError("{}: no class folders with images found; expected <root>/<class>/<image>.jpg".format(root))
+    ids = _class_ids([name for name, _ in per_class])
+    image_names = np.array([path for _, paths in per_class for path in paths])
+    image_classes = np.concatenate([np.full(len(paths), cid, dtype="int64") for cid, (_, paths) in zip(ids, per_class)])
+    return image_names, image_classes
+
+
+def _read_cache(cache_path, signature):
+    """(image_names, image_classes) from a cache whose signature matches, else None."""
+    if not os.path.isfile(cache_path):
+        return None
+    try:
+        with np.load(cache_path, allow_pickle=False) as cached:
+            if "signature" not in cached or str(cached["signature"]) != signature:
+                return None
+            return cached["image_names"], cached["image_classes"].astype("int64")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(cache_path, signature, image_names, image_classes):
+    """Save the scan atomically; an unwritable location only warns (once per path)."""
+    try:
+        with atomic_path(cache_path) as tmp:
+            np.savez(tmp, image_names=image_names, image_classes=image_classes, signature=np.array(signature))
+    except OSError as error:
+        if cache_path not in _CACHE_WARNED:
+            _CACHE_WARNED.add(cache_path)
+            warnings.warn("{}: cannot write the folder scan cache ({}); going on without it".format(cache_path, error), stacklevel=3)
+
+
+def _scan_folder_cached(root):
+    cache_path = cache_path_of(root)
+    signature = folder_signature(root)
+    cached = _read_cache(cache_path, signature)
+    if cached is not None:
+        print(">>>> Using cached folder scan:", cache_path)
+        return cached
+    image_names, image_classes = _scan_folder(root)
+    _write_cache(cache_path, signature, image_names, image_classes)
+    return image_names, image_classes
+
+
+def _glob_folder(root, image_names_reg, image_classes_rule):
+    """Images matched by the glob `image_names_reg` (relative to root), classes from `image_classes_rule(path)`
+    or, without a rule, from their folder names as in a plain scan."""
+    import glob
+
+    pattern = os.path.join(os.path.abspath(root), image_names_reg or os.path.join("*", "*"))
+    image_names = np.array(sorted(path for path in glob.glob(pattern) if _is_image_file(path)))
+    if image_names.size == 0:
+        raise ValueError("{}: no images match '{}'".format(root, pattern))
+    if image_classes_rule is not None:
+        return image_names, np.array([image_classes_rule(path) for path in image_names], dtype="int64")
+    folders = [os.path.basename(os.path.dirname(path)) for path in image_names]
+    class_names = sorted(set(folders))
+    class_of = dict(zip(class_names, _class_ids(class_names)))
+    return image_names, np.array([class_of[folder] for folder in folders], dtype="int64")
+
+
+def _load_npz(data_path):
+    with np.load(data_path, allow_pickle=False) as loaded:
+        missing = [key for key in ("image_names", "image_classes") if key not in loaded]
+        if missing:
+            raise ValueError("{}: missing key(s) {}; expected image_names, image_classes[, embeddings]".format(data_path, missing))
+        embeddings = loaded["embeddings"] if "embeddings" in loaded else None
+        return loaded["image_names"].astype(str), loaded["image_classes"].astype("int64"), embeddings
+
+
+def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None):
+    """Image paths, int64 class ids, teacher embeddings (or None) and the class count of a folder or npz dataset.
+
+    A folder scan is cached beside the folder (`<root>_shuffle.npz`) and redone when the tree changes; a custom
+    `image_names_reg` (glob relative to the folder) or `image_classes_rule` (path -> int) bypasses the cache.
+    Usage: image_names, image_classes, embeddings, num_classes = pre_process_folder("/datasets/faces_casia_112x112_folders")
+    """
+    data_path = os.fspath(data_path)
+    if data_path.endswith(".tfrecord"):
+        raise ValueError("{}: a tfrecord dataset is read by prepare_dataset directly".format(data_path))
+    if data_path.endswith(".npz"):
+        if not os.path.isfile(data_path):
+            raise FileNotFoundError("Dataset file not found: {}".format(data_path))
+        image_names, image_classes, embeddings = _load_npz(data_path)
+    elif not os.path.isdir(data_path):
+        raise FileNotFoundError("Dataset folder not found: {} (expected <root>/<class>/<image>.jpg, a .npz or a .tfrecord)".format(data_path))
+    elif image_names_reg or image_classes_rule:
+        (image_names, image_classes), embeddings = _glob_folder(data_path, image_names_reg, image_classes_rule), None
+    else:
+        (image_names, image_classes), embeddings = _scan_folder_cached(data_path), None
+    if len(image_names) == 0:
+        raise ValueError("{}: no images (no classes) in the dataset".format(data_path))
+    num_classes = int(image_classes.max()) + 1
+    print(">>>> Image length: {}, num_classes: {}, embeddings: {}".format(len(image_names), num_classes, None if embeddings is None else embeddings.shape))
+    return image_names, image_classes, embeddings, num_classes
+
+
+# ---------------------------------------------------------------- augmentation of float32 batches in the 0..255 range
+# Each step takes the images [B, H, W, 3], one uniform [0, 1) number per image `u` [B, 1, 1, 1] drawn for it, and
+# random_status. The steps are whole-batch ops that XLA fuses into a few passes over the batch.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in tf.image.rgb_to_grayscale
+
+
+def _spread(u, half_width):
+    """Map u in [0, 1) onto [1 - half_width, 1 + half_width)."""
+    return 1.0 - half_width + 2.0 * half_width * u
+
+
+def _random_flip(images, u, random_status):
+    """Mirror left-right with probability 0.5."""
+    return tf.where(u < 0.5, tf.reverse(images, axis=[-2]), images)
+
+
+def _random_brightness(images, u, random_status):
+    """Add one delta in [-12.75 * random_status, 12.75 * random_status) to every pixel of an image."""
+    return images + 12.75 * random_status * (2.0 * u - 1.0)
+
+
+def _random_contrast(images, u, random_status):
+    """Scale the distance to each channel's mean by a factor in 1 -/+ 0.1 * random_status.
+
+    The mean is taken over every fourth row and column (1/16 of the pixels, 784 of a 112x112 face): as good an
+    estimate for a face crop, and the reduction over all pixels would cost as much as the rest of the augmentation.
+    """
+    mean = tf.reduce_mean(images[..., ::4, ::4, :], axis=[-3, -2], keepdims=True)
+    return (images - mean) * _spread(u, 0.1 * random_status) + mean
+
+
+def _random_saturation(images, u, random_status):
+    """Blend with the grayscale image by a factor in 1 -/+ 0.1 * random_status (0 is gray, 1 the input)."""
+    gray = images[..., :1] * LUMA_WEIGHTS[0] + images[..., 1:2] * LUMA_WEIGHTS[1] + images[..., 2:] * LUMA_WEIGHTS[2]
+    return (images - gray) * _spread(u, 0.1 * random_status) + gray
+
+
+# (lowest random_status, step) for the classic levels; random_status >= RANDAUGMENT_LEVEL uses flip + RandAugment.
+AUGMENT_LEVELS = (
+    (0, _random_flip),
+    (1, _random_brightness),
+    (2, _random_contrast),
+    (2, _random_saturation),
+)
+RANDOM_CROP_LEVEL = 3
+RANDAUGMENT_LEVEL = 100
+
+
+def _rand_augment_step(random_status, seed):
+    """keras.layers.RandAugment with magnitude 5 * random_status / 100 on the 0..10 scale (factor = magnitude / 10)."""
+    import keras
+
+    magnitude = 5 * random_status / 100
+    layer = keras.layers.RandAugment(value_range=(0, 255), factor=min(magnitude / 10, 1.0), seed=seed)
+    return lambda images, u, level: layer(images, training=True)
+
+
+def augmentation_steps(random_status, seed=None):
+    """The augmentation functions `fn(images, u, random_status)` applied at a random_status, in order."""
+    if random_status >= RANDAUGMENT_LEVEL:
+        return [_random_flip, _rand_augment_step(random_status, seed)]
+    return [step for level, step in AUGMENT_LEVELS if random_status >= level]
+
+
+def _random_crop_resize(images, seed, random_crop):
+    """Crop a random `random_crop` (h, w[, c]) window from each image and resize it back to the full size."""
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    crop_h, crop_w = int(random_crop[0]), int(random_crop[1])
+    if crop_h > height or crop_w > width:
+        raise ValueError("random_crop={} is larger than the image shape ({}, {})".format(random_crop, height, width))
+    offsets = tf.floor(tf.random.stateless_uniform([batch, 2], seed) * [height - crop_h + 1, width - crop_w + 1])
+    top, left = offsets[:, 0], offsets[:, 1]
+    boxes = tf.stack([top / (height - 1), left / (width - 1), (top + crop_h - 1) / (height - 1), (left + crop_w - 1) / (width - 1)], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch), [height, width])
+
+
+def make_augment(random_status=0, seed=None):
+    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair)` for a random_status, clipping to [0, 255].
+
+    Usage: augment = make_augment(2); images = augment(tf.cast(uint8_batch, "float32"), tf.constant([1, 2]))
+    """
+    steps = augmentation_steps(random_status, seed)
+
+    def augment(images, seed_pair):
+        draws = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, len(steps)], seed_pair)
+        for index, step in enumerate(steps):
+            images = step(images, draws[..., index : index + 1], random_status)
+        return tf.clip_by_value(images, 0.0, 255.0)
+
+    return augment
+
+
+# ---------------------------------------------------------------- decoding
+def _load_image(path, img_shape):
+    """Read and decode one image file to uint8 [H, W, 3], resized when its size differs from img_shape."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], img_shape))
+    image = tf.cond(
+        same_size,
+        lambda: image,
+        lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, img_shape)), 0, 255), tf.uint8),
+    )
+    image.set_shape([img_shape[0], img_shape[1], 3])
+    return image
+
+
+def _load_group(paths, img_shape):
+    """Decode the K images of a triplet group: uint8 [K, H, W, 3]."""
+    spec = tf.TensorSpec([img_shape[0], img_shape[1], 3], tf.uint8)
+    return tf.map_fn(lambda path: _load_image(path, img_shape), paths, fn_output_signature=spec)
+
+
+def _count_skipped(state, element):
+    """tf.data scan step over (positions, ...) elements or batches: print how many positions went missing.
+
+    Positions count up from 0 within an epoch; an image that failed to decode leaves a gap.
+    """
+    expected_next, total = state
+    positions = tf.reshape(element[0], [-1])
+    skipped = positions[-1] - expected_next + 1 - tf.size(positions, out_type=tf.int64)
+    total += skipped
+
+    def warn():
+        tf.print("WARNING: skipped", skipped, "unreadable image(s) / group(s), in this epoch so far:", total, output_stream=sys.stderr)
+        return skipped
+
+    tf.cond(skipped > 0, warn, lambda: skipped)
+    return (positions[-1] + 1, total), element
+
+
+def _counting_skipped(ds, num_positions):
+    """Pass elements (or batches) through `_count_skipped`; an end marker at `num_positions` reveals a gap at the end."""
+
+    def marker(spec):
+        return tf.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+
+    end_marker = tf.nest.map_structure(marker, ds.element_spec)
+    end_marker = (tf.fill(tf.shape(end_marker[0]), tf.constant(num_positions, tf.int64)),) + tuple(end_marker[1:])
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(end_marker))
+    ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), _count_skipped)
+    return ds.filter(lambda positions, *rest: tf.reshape(positions, [-1])[-1] < num_positions)
+
+
+# ---------------------------------------------------------------- element sources
+def _seed_pairs(seed, offset):
+    """An endless dataset of one stateless-random seed pair per epoch, repeated; reproducible for a given seed."""
+    seed = None if seed is None else seed + offset
+    epoch_seed = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True).take(1)
+    return epoch_seed.flat_map(lambda pair: tf.data.Dataset.from_tensors(pair).repeat())
+
+
+def _epoch_order(num_items, seed_ds):
+    """A dataset of indices 0..num_items-1, permuted anew in every epoch."""
+    return seed_ds.take(1).flat_map(
+        lambda seed: tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(num_items, dtype=tf.int64), seed))
+    )
+
+
+def _triplet_groups(image_classes, image_per_class):
+    """Numpy pass: indices sorted by class, class start offsets / sizes, and the number of groups per epoch."""
+    order = np.argsort(image_classes, kind="stable")
+    classes, starts, counts = np.unique(image_classes[order], return_index=True, return_counts=True)
+    num_groups = int(np.sum(counts // image_per_class))
+    return order, starts, counts, num_groups
+
+
+def _epoch_groups(order, starts, counts, image_per_class, seed_ds):
+    """Per epoch: shuffle each class's images, cut them into groups of K (remainders dropped), shuffle the groups."""
+    order, starts, counts = (tf.constant(arr, tf.int64) for arr in (order, starts, counts))
+    class_of_slot = tf.repeat(tf.range(tf.size(counts), dtype=tf.int64), counts)
+    slot_in_class = tf.range(tf.size(order), dtype=tf.int64) - tf.gather(starts, class_of_slot)
+    full_group_start = tf.logical_and(
+        slot_in_class % image_per_class == 0, slot_in_class + image_per_class <= tf.gather(counts, class_of_slot)
+    )
+    group_starts = tf.where(full_group_start)[:, 0]
+
+    def groups(seed):
+        seeds = tf.random.experimental.stateless_split(seed, num=2)
+        key = tf.cast(class_of_slot, tf.float64) + tf.random.stateless_uniform(tf.shape(class_of_slot), seeds[0], dtype=tf.float64) * 0.5
+        shuffled = tf.gather(order, tf.argsort(key, stable=True))  # class blocks kept, images shuffled inside each
+        starts_epoch = tf.random.experimental.stateless_shuffle(group_starts, seeds[1])
+        return tf.gather(shuffled, starts_epoch[:, None] + tf.range(image_per_class, dtype=tf.int64)[None])
+
+    return seed_ds.take(1).flat_map(lambda seed: tf.data.Dataset.from_tensor_slices(groups(seed)))
+
+
+def _read_sidecar(data_path):
+    sidecar = data_path + ".json"
+    if not os.path.isfile(sidecar):
+        raise FileNotFoundError(
+            "{}: the tfrecord description is missing; expected {} with num_classes, total_images, emb_shape, dtype".format(data_path, sidecar)
+        )
+    with open(sidecar) as ff:
+        info = json.load(ff)
+    missing = [key for key in ("num_classes", "total_images", "emb_shape", "dtype") if key not in info]
+    if missing or info["dtype"] not in TFRECORD_DTYPES:
+        raise ValueError("{}: expected keys num_classes, total_images, emb_shape and dtype float16|float32, got {}".format(sidecar, info))
+    return info
+
+
+def _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed):
+    """Enumerated records of a distiller tfrecord and the parser `record -> (path, label, embedding)`."""
+    features = {
+        "image_names": tf.io.FixedLenFeature([], tf.string),
+        "image_classes": tf.io.FixedLenFeature([], tf.int64),
+        "embeddings": tf.io.FixedLenFeature([], tf.string),
+    }
+    emb_shape, emb_dtype = int(info["emb_shape"]), TFRECORD_DTYPES[info["dtype"]]
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, features)
+        embedding = tf.reshape(tf.io.decode_raw(example["embeddings"], emb_dtype, little_endian=True), [emb_shape])
+        return example["image_names"], example["image_classes"], tf.cast(embedding, tf.float32)
+
+    ds = tf.data.TFRecordDataset(data_path)
+    if is_train:
+        buffer_size = shuffle_buffer_size or min(int(info["total_images"]), 100000)
+        ds = ds.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+    return ds.enumerate(), parse
+
+
+def _table_lookup(tables):
+    """The fetcher `indices -> (path(s), label(s)[, embedding(s)])` over in-memory tables."""
+    tables = [tf.constant(table) for table in tables if table is not None]
+    return lambda indices: tuple(tf.gather(table, indices) for table in tables)
+
+
+# ---------------------------------------------------------------- the pipeline
+def _check_batching(num_images, batch_size, image_per_class, data_path):
+    if image_per_class and batch_size % image_per_class:
+        raise ValueError("batch_size={} is not divisible by image_per_class={}".format(batch_size, image_per_class))
+    if num_images < batch_size:
+        what = "images in groups of image_per_class={}".format(image_per_class) if image_per_class else "images"
+        raise ValueError("{}: {} {}, fewer than one batch (batch_size={})".format(data_path, num_images, what, batch_size))
+
+
+def _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped):
+    """Batch (position, uint8 image(s), label(s)[, embedding(s)]) elements; triplet groups are flattened into images.
+
+    Skipped images are counted on whole batches, the last partial one included, before the remainder is dropped.
+    """
+    group = image_per_class or 1
+    ds = ds.batch(batch_size // group)
+    if count_skipped:
+        ds = _counting_skipped(ds, num_positions)
+    if drop_remainder or image_per_class:
+        ds = ds.filter(lambda positions, *rest: tf.shape(positions)[0] == batch_size // group)
+    batch_dim = batch_size if drop_remainder or image_per_class else None
+
+    def flatten(positions, *tensors):
+        merged = [tf.reshape(tt, [-1] + tt.shape[2:].as_list()) if image_per_class else tt for tt in tensors]
+        return (positions[0],) + tuple(tf.ensure_shape(tt, [batch_dim] + tt.shape[1:].as_list()) for tt in merged)
+
+    return ds.map(flatten)
+
+
+def _batch_finisher(num_classes, augment, jit_compile, random_crop=None):
+    """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets."""
+
+    def augment_and_normalize(images, seed):
+        images = tf.cast(images, tf.float32)
+        return normalize_image(images if augment is None else augment(images, seed))
+
+    if jit_compile:  # XLA fuses the uint8 -> float32 cast, augmentation and normalization into a few passes
+        augment_and_normalize = tf.function(augment_and_normalize, jit_compile=True)
+
+    def finish_images(images, seed):
+        if random_crop is not None:  # CropAndResize has no XLA kernel; it reads uint8 and gives float32
+            images = _random_crop_resize(images, seed + 1, random_crop)
+        return augment_and_normalize(images, seed)
+
+    def finish(epoch_seed, batch):
+        first_position, images, labels, *embedding = batch
+        images = finish_images(images, tf.random.experimental.stateless_fold_in(epoch_seed, first_position))
+        labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        return images, (labels, tf.cast(embedding[0], tf.float32)) if embedding else labels
+
+    return finish
+
+
+def prepare_dataset(
+    data_path,
+    image_names_reg=None,
+    image_classes_rule=None,
+    batch_size=128,
+    img_shape=(112, 112),
+    random_status=0,
+    random_crop=None,
+    image_per_class=0,
+    cache=False,
+    shuffle_buffer_size=None,
+    is_train=True,
+    seed=None,
+):
+    """tf.data batches `(images, one_hot_labels)`, or `(images, (one_hot_labels, embeddings))` for distiller data.
+
+    images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125`, augmented by `random_status` when
+    is_train. `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
+    fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
+    images. Unreadable images are skipped with a printed count.
+    Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
+    """
+    data_path = os.fspath(data_path)
+    img_shape = tuple(int(ii) for ii in img_shape[:2])
+    image_per_class = int(image_per_class or 0)
+    if image_per_class and (cache or data_path.endswith(".tfrecord")):
+        raise ValueError("image_per_class={} works with a folder or npz dataset without cache".format(image_per_class))
+    order_seeds, augment_seeds = (_seed_pairs(seed, offset) for offset in (0, 1))
+    loader = _load_group if image_per_class else _load_image
+
+    if data_path.endswith(".tfrecord"):
+        info = _read_sidecar(data_path)
+        num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
+        num_positions = num_images
+        _check_batching(num_images, batch_size, 0, data_path)
+        ds, fetch = _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed)
+    else:
+        image_names, image_classes, embeddings, num_classes = pre_process_folder(data_path, image_names_reg, image_classes_rule)
+        fetch = _table_lookup([image_names, image_classes, embeddings])
+        if image_per_class:
+            order, starts, counts, num_groups = _triplet_groups(image_classes, image_per_class)
+            num_images, num_positions = num_groups * image_per_class, num_groups
+            _check_batching(num_images, batch_size, image_per_class, data_path)
+            ds = _epoch_groups(order, starts, counts, image_per_class, order_seeds).enumerate()
+        else:
+            num_images = num_positions = len(image_names)
+            _check_batching(num_images, batch_size, 0, data_path)
+            in_order = cache or not is_train
+            ds = (tf.data.Dataset.range(num_images) if in_order else _epoch_order(num_images, order_seeds)).enumerate()
+
+    def load(position, item):
+        paths, *rest = fetch(item)
+        return (position, loader(paths, img_shape), *rest)
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    if cache:  # decoded images are counted and cached in file order, then shuffled every epoch
+        ds = _counting_skipped(ds, num_positions).cache("" if cache is True else os.fspath(cache))
+        if is_train:
+            ds = ds.shuffle(shuffle_buffer_size or num_images, seed=seed, reshuffle_each_iteration=True)
+    drop_remainder = is_train
+    ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
+    augment = make_augment(random_status, seed) if is_train else None
+    crop = random_crop if is_train and random_status >= RANDOM_CROP_LEVEL else None
+    finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop)
+    ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch
+
+
+def image_batches_uint8(image_names, img_shape=(112, 112), batch_size=128):
+    """Decoded uint8 RGB batches [B, H, W, 3] of image files, in order, as numpy arrays (for embedding tools).
+
+    An unreadable file raises an error naming it: tools that extract embeddings must keep images and
+    outputs aligned, so nothing is skipped silently.
+    Usage: for batch in image_batches_uint8(image_names, batch_size=256): embs = teacher(batch)
+    """
+    img_shape = tuple(int(ii) for ii in img_shape[:2])
+    image_names = np.asarray(image_names).astype(str)
+    ds = tf.data.Dataset.from_tensor_slices(image_names).map(lambda path: _load_image(path, img_shape), num_parallel_calls=tf.data.AUTOTUNE)
+    iterator = iter(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    for start in range(0, len(image_names), batch_size):
+        try:
+            batch = next(iterator)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError("Unreadable image among {} (batch starting at index {}): {}".format(
+                list(image_names[start : start + batch_size][:3]) + ["..."], start, error.message.splitlines()[0])) from error
+        yield batch.numpy()

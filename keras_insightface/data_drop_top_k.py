@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Sub-center ArcFace data cleaning: drop images far from their class's dominant sub-center.
+
+A model trained with `lossTopK = K` holds K sub-centers per class in its `NormDense` head.  For each
+class the dominant sub-center is the one most of the class's images are closest to; an image whose
+angle to it exceeds `deg_thresh` degrees is taken as noise (often a mislabelled face) and dropped.
+The cleaned list of image paths and classes is written as an `.npz` that `train.Train` reads.
+
+Usage:
+    from keras_insightface import data_drop_top_k
+    new_data_path = data_drop_top_k.data_drop_top_k(tt.model, tt.data_path)
+    tt.reset_dataset(new_data_path)
+
+    ./data_drop_top_k.py -M checkpoints/TT_mobilenet_topk_bs256.h5 -D /datasets/faces_casia_112x112_folders/ -L 20
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from . import cli, io_utils
+
+
+def _sub_center_head(model):
+    """The NormDense layer of a full model; refuses a head without sub-centers."""
+    from . import models
+
+    heads = [layer for layer in model.layers if isinstance(layer, models.NormDense)]
+    if not heads:
+        raise ValueError("Model '{}' has no NormDense head: pass the full trained model, NOT basic_model".format(model.name))
+    head = heads[-1]
+    if head.loss_top_k < 2:
+        raise ValueError(
+            "Model '{}' has no sub-centers (NormDense loss_top_k={}): train with 'lossTopK' > 1 first".format(model.name, head.loss_top_k)
+        )
+    return head
+
+
+def _embedding_model(model):
+    import keras
+
+    return keras.Model(model.inputs[0], model.get_layer("embedding").output)
+
+
+def sub_center_cosines(embeddings, kernel, classes, loss_top_k):
+    """Cosine of each image to each of its own class's K sub-centers, shape (N, K).
+
+    `kernel` is the NormDense weight of shape (emb, num_classes * K); sub-center k of class c is column c * K + k.
+    """
+    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    kernel = kernel / np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+    centers = kernel.T.reshape(-1, loss_top_k, kernel.shape[0])  # (num_classes, K, emb)
+    return np.einsum("ne,nke->nk", embeddings, centers[classes])
+
+
+def select_kept_images(cosines, classes, num_classes, deg_thresh):
+    """Boolean mask of images within `deg_thresh` degrees of their class's dominant sub-center."""
+    nearest = np.argmax(cosines, axis=1)
+    loss_top_k = cosines.shape[1]
+    votes = np.zeros((num_classes, loss_top_k), np.int64)
+    np.add.at(votes, (classes, nearest), 1)
+    dominant = np.argmax(votes, axis=1)[classes]
+    angles = np.degrees(np.arccos(np.clip(cosines[np.arange(len(classes)), dominant], -1.0, 1.0)))
+    return angles <= deg_thresh
+
+
+def default_dest_file(data_path, loss_top_k, deg_thresh):
+    base = os.path.splitext(os.path.basename(os.path.normpath(data_path)))[0]
+    return "{}_topK{}_deg{}.npz".format(base, loss_top_k, int(deg_thresh) if float(deg_thresh).is_integer() else deg_thresh)
+
+
+def data_drop_top_k(model, data_path, dest_file=None, deg_thresh=75, limit=0, batch_size=128):
+    """Clean `data_path` with the sub-centers of `model` (a full model or its file); returns the new `.npz` path."""
+    import keras
+
+    from . import data
+    from . import evals
+    from . import models  # noqa: F401  (registers NormDense for loading)
+
+    if not 0 <= deg_thresh <= 180:
+        raise ValueError("deg_thresh must be in [0, 180] degrees, got {}".format(deg_thresh))
+    if isinstance(model, str):
+        if not os.path.exists(model):
+            raise FileNotFoundError("Model file not found: {}".format(model))
+        model = keras.models.load_model(model, compile=False)
+    head = _sub_center_head(model)
+    image_names, image_classes, _, num_classes = data.pre_process_folder(data_path)
+    if limit > 0:
+        image_names, image_classes = image_names[:limit], image_classes[:limit]
+
+    basic_model = _embedding_model(model)
+    image_batches = data.image_batches_uint8(image_names, img_shape=basic_model.input_shape[1:3], batch_size=batch_size)
+    embeddings = np.concatenate([evals.embed_images(basic_model, batch, batch_size=batch_size, flip=False) for batch in image_batches])
+    kernel = keras.ops.convert_to_numpy(head.w)
+    cosines = sub_center_cosines(embeddings, kernel, image_classes, head.loss_top_k)
+    keep = select_kept_images(cosines, image_classes, num_classes, deg_thresh)
+
+    dest_file = dest_file or default_dest_file(data_path, head.loss_top_k, deg_thresh)
+    with io_utils.atomic_path(dest_file) as tmp:
+        np.savez(tmp, image_names=image_names[keep], image_classes=image_classes[keep])
+    print(">>>> Total images: {}, kept: {}, dropped: {}".format(len(keep), int(keep.sum()), int((~keep).sum())))
+    emptied = len(np.unique(image_classes)) - len(np.unique(image_classes[keep]))
+    if emptied:
+        print(">>>> Warning: {} classes have no image left".format(emptied))
+    print(">>>> Saved:", dest_file)
+    return dest_file
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-M", "--model_file", type=str, required=True, help="Saved model file path, NOT basic_model")
+    parser.add_argument("-D", "--data_path", type=str, required=True, help="Original dataset path")
+    parser.add_argument("-d", "--dest_file", type=str, default=None, help="Dest file path to save the processed dataset npz")
+    parser.add_argument("-t", "--deg_thresh", type=float, default=75, help="Thresh value in degree, [0, 180]")
+    parser.add_argument("-L", "--limit", type=int, default=0, help="Test parameter, limit converting only the first [NUM] ones")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """The command line of data_drop_top_k.py (console script keras-insightface-drop-top-k)."""
+    args = parse_arguments(argv)
+    return cli.run("data_drop_top_k.py", data_drop_top_k, args.model_file, args.data_path, args.dest_file, args.deg_thresh, args.limit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Export a saved basic model (`.h5` / `.keras`) to TFLite or ONNX, checking parity before anything is written.
+
+Every export runs the Keras model and the exported one on the same images and prints the cosine
+similarity of their embeddings (min / mean). float32 TFLite and ONNX need a min cosine >= 0.9999,
+float16 >= 0.999; dynamic-range and integer exports report theirs. With a `.bin` the verification
+accuracy of both models is printed too, so the cost of a quantization is visible.
+
+Inputs of the exported models:
+| format            | input                               | normalization fed by the caller |
+| ----------------- | ----------------------------------- | ------------------------------- |
+| TFLite float      | float32 [batch, 112, 112, 3] RGB    | (x - 127.5) / 128               |
+| TFLite uint8/int8 | uint8/int8 [batch, 112, 112, 3] RGB | quantized with the input's scale / zero point |
+| ONNX (default)    | float32 [batch, 112, 112, 3] RGB    | (x - 127.5) / 128               |
+| ONNX `nchw=True`  | float32 [batch, 3, 112, 112] RGB    | (x - 127.5) / 127.5 (insightface style; rescaled inside) |
+
+Usage:
+    from keras_insightface import export
+    export.convert_tflite("checkpoints/basic_model.h5", quantization="float16", bin_file="lfw.bin")
+    export.convert_onnx("checkpoints/basic_model.h5", nchw=True)
+CLI:
+    python export.py -m checkpoints/basic_model.h5 -f tflite -q uint8 -r faces_folder/ -b lfw.bin
+"""
+import argparse
+import contextlib
+import io
+import os
+import sys
+import warnings
+
+import numpy as np
+from tqdm import tqdm
+
+from . import cli, io_utils, surgery
+
+FORMATS = ("tflite", "onnx")
+MODEL_EXTENSIONS = (".h5", ".keras")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+KERAS_NORM = (127.5, 128.0)  # (mean, std) the Keras models are trained with
+INSIGHTFACE_NORM = (127.5, 127.5)  # what insightface tools feed an NCHW ONNX model
+PARITY_THRESHOLDS = {"float32": 0.9999, "float16": 0.999, "onnx": 0.9999}  # min cosine; others only report
+DEFAULT_ONNX_OPSET = 13  # runs on every onnxruntime release of the last years, CPU provider included
+PARITY_BATCH = 32
+
+
+class ParityError(ValueError):
+    """The exported model's embeddings differ from the Keras model's more than allowed; nothing was written."""
+
+
+# ---------------------------------------------------------------- loading the basic model
+def check_basic_model(model, source="model"):
+    """Refuse models that are not a single-input, single-output basic model (no NormDense head).
+
+    Usage: check_basic_model(keras.models.load_model("basic_model.h5", compile=False))
+    """
+    norm_dense = [layer.name for layer in surgery.iter_layers(model) if type(layer).__name__ == "NormDense"]
+    if norm_dense:
+        raise ValueError(
+            "{}: holds the NormDense training head ({}); export the basic model only, e.g. "
+            "keras.Model(model.inputs[0], model.get_layer('embedding').output)".format(source, ", ".join(norm_dense))
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("{}: expected one image input and one embedding output, got {} inputs and {} outputs".format(
+            source, len(model.inputs), len(model.outputs)))
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if len(input_shape) != 3 or input_shape[-1] != 3 or None in input_shape:
+        raise ValueError("{}: expected a fixed [height, width, 3] image input, got {}".format(source, input_shape))
+    return model
+
+
+def load_basic_model(model_or_path):
+    """A keras.Model as is, or a `.h5` / `.keras` file loaded with compile=False; checked by `check_basic_model`.
+
+    Usage: basic_model = load_basic_model("checkpoints/basic_model.h5")
+    """
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        import keras
+
+        if not isinstance(model_or_path, keras.Model):
+            raise TypeError("expected a keras.Model or the path of a saved one, got {}".format(type(model_or_path).__name__))
+        return check_basic_model(model_or_path, model_or_path.name)
+    path = os.fspath(model_or_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("{}: model file not found (expected a saved basic model, .h5 or .keras)".format(path))
+    if not path.endswith(MODEL_EXTENSIONS):
+        raise ValueError("{}: expected a saved Keras basic model ending with {}".format(path, " or ".join(MODEL_EXTENSIONS)))
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise ValueError("{}: not a readable Keras model ({}: {})".format(path, type(error).__name__, error)) from error
+    return check_basic_model(model, path)
+
+
+# ---------------------------------------------------------------- images for calibration and parity
+def _read_image(path, image_size):
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if image.shape[:2] != tuple(image_size):
+        image = cv2.resize(image, tuple(image_size)[::-1], interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _evenly_spaced(items, count):
+    if count is None or len(items) <= count:
+        return items
+    return [items[int(index)] for index in np.linspace(0, len(items) - 1, count)]
+
+
+def _load_folder_images(folder, count, image_size):
+    paths = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise ValueError("{}: no images ({}) found in the folder or its sub-folders".format(folder, ", ".join(IMAGE_EXTENSIONS)))
+    images, skipped = [], 0
+    for path in tqdm(_evenly_spaced(paths, count), desc="Loading " + os.path.basename(os.path.normpath(folder)), leave=False):
+        image = _read_image(path, image_size)
+        skipped += image is None
+        if image is not None:
+            images.append(image)
+    if skipped:
+        warnings.warn("{}: skipped {} unreadable image(s)".format(folder, skipped))
+    if not images:
+        raise ValueError("{}: none of the images could be decoded".format(folder))
+    return np.stack(images)
+
+
+def load_images(source, count=None, image_size=(112, 112)):
+    """uint8 RGB images [N, H, W, 3] from an image folder (searched recursively), a `.bin` or an array.
+
+    `count` picks that many, evenly spaced over the sorted files / the `.bin` order (all when None).
+    Usage: images = load_images("lfw.bin", count=64)
+    """
+    if isinstance(source, np.ndarray):
+        if source.ndim != 4 or source.shape[-1] != 3:
+            raise ValueError("images array: expected [N, H, W, 3] RGB, got shape {}".format(source.shape))
+        return np.asarray(_evenly_spaced(list(source), count), dtype=np.uint8)
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return _load_folder_images(path, count, image_size)
+    if not os.path.exists(path):
+        raise FileNotFoundError("{}: no such image folder or .bin file".format(path))
+    if not path.endswith(".bin"):
+        raise ValueError("{}: expected an image folder or an insightface .bin file".format(path))
+    from . import evals
+
+    images, _ = evals.load_bin(path, image_size=tuple(image_size))
+    return np.asarray(_evenly_spaced(list(images), count), dtype=np.uint8)
+
+
+def synthetic_images(count, image_size=(112, 112), seed=0):
+    """Random-noise uint8 images, the parity fallback when no real faces are given.  Usage: synthetic_images(16)"""
+    return np.random.default_rng(seed).integers(0, 256, size=(count, *image_size, 3), dtype=np.uint8)
+
+
+def normalize(images, norm=KERAS_NORM):
+    """uint8 images -> float32 `(x - mean) / std`.  Usage: normalize(images)"""
+    mean, std = norm
+    return ((np.asarray(images, dtype="float32") - mean) / std).astype("float32")
+
+
+def _source_name(source):
+    return "the given array" if isinstance(source, np.ndarray) else os.path.basename(os.path.normpath(os.fspath(source)))
+
+
+def _verification_inputs(representative_data, bin_file, count, image_size, representative_name=None):
+    """Load, before any conversion: (parity images, their description, (bin images, issame, bin name) or None).
+
+    Parity images come from the representative data, else the .bin, else clearly-labelled synthetic noise.
+    """
+    pairs = None
+    if bin_file is not None:
+        from . import evals
+
+        bin_file = os.fspath(bin_file)
+        if not os.path.isfile(bin_file):
+            raise FileNotFoundError("{}: no such .bin file".format(bin_file))
+        pairs = (*evals.load_bin(bin_file, image_size=tuple(image_size)), os.path.basename(bin_file))
+    if representative_data is not None:
+        images, name = load_images(representative_data, count, image_size), representative_name or _source_name(representative_data)
+    elif pairs is not None:
+        images, name = load_images(pairs[0], count), pairs[2]
+    else:
+        images = synthetic_images(count, image_size)
+        return images, "{} SYNTHETIC random-noise images (give representative_data / bin_file for real faces)".format(len(images)), None
+    return images, "{} images from {}".format(len(images), name), pairs
+
+
+# ---------------------------------------------------------------- running the models
+def keras_embeddings(model, images):
+    """float32 embeddings of uint8 images by the Keras model.  Usage: keras_embeddings(basic_model, images)"""
+    serve = _serving_function(model, tuple(model.inputs[0].shape[1:]))
+    inputs = normalize(images)
+    batches = [np.asarray(serve(inputs[start : start + PARITY_BATCH])) for start in range(0, len(inputs), PARITY_BATCH)]
+    return np.concatenate(batches, axis=0).reshape(len(images), -1).astype("float32")
+
+
+def make_tflite_interpreter(model_path_or_content, num_threads=None, use_xnnpack=True):
+    """A TFLite interpreter (ai_edge_litert when installed, else tf.lite); `use_xnnpack=False` drops the default delegate.
+
+    Usage: interpreter = make_tflite_interpreter("model.tflite", num_threads=2)
+    """
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        Interpreter, resolver_types = litert.Interpreter, litert.OpResolverType
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter, resolver_types = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    source = {"model_content": model_path_or_content} if isinstance(model_path_or_content, bytes) else {"model_path": os.fspath(model_path_or_content)}
+    resolver = resolver_types.AUTO if use_xnnpack else resolver_types.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        interpreter = Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def quantize(values, detail):
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return values.astype(detail["dtype"])
+    limits = np.iinfo(detail["dtype"])
+    return np.clip(np.round(values / scale + zero_point), limits.min, limits.max).astype(detail["dtype"])
+
+
+def dequantize(values, detail):
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return values.astype("float32")
+    return ((values.astype("float32") - zero_point) * scale).astype("float32")
+
+
+def run_tflite(interpreter, inputs, batch_size=PARITY_BATCH):
+    """float32 outputs of a TFLite model on normalized float32 inputs, (de)quantizing integer models.
+
+    Usage: embs = run_tflite(make_tflite_interpreter("model.tflite"), normalize(images))
+    """
+    input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        if tuple(input_detail["shape"]) != batch.shape:
+            interpreter.resize_tensor_input(input_detail["index"], batch.shape)
+            interpreter.allocate_tensors()
+            input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.set_tensor(input_detail["index"], quantize(batch, input_detail))
+        interpreter.invoke()
+        outputs.append(dequantize(interpreter.get_tensor(output_detail["index"]), output_detail))
+    return np.concatenate(outputs, axis=0).reshape(len(inputs), -1)
+
+
+def _onnx_runner(path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    input_name, nchw = session.get_inputs()[0].name, session.get_inputs()[0].shape[1] == 3
+
+    def run(images):
+        inputs = normalize(images, INSIGHTFACE_NORM if nchw else KERAS_NORM)
+        inputs = inputs.transpose(0, 3, 1, 2) if nchw else inputs
+        batches = [session.run(None, {input_name: inputs[ss : ss + PARITY_BATCH]})[0] for ss in range(0, len(inputs), PARITY_BATCH)]
+        return np.concatenate(batches, axis=0).reshape(len(images), -1).astype("float32")
+
+    return run
+
+
+def _tflite_runner(path):
+    interpreter = make_tflite_interpreter(path)
+    return lambda images: run_tflite(interpreter, normalize(images))
+
+
+# ---------------------------------------------------------------- parity
+def cosine_similarities(embeddings_a, embeddings_b, epsilon=1e-300):
+    """Row-wise cosine similarity, in float64 so that tiny embeddings still compare.  Usage: cosine_similarities(a, b)"""
+    aa, bb = np.asarray(embeddings_a, "float64"), np.asarray(embeddings_b, "float64")
+    aa = aa / np.maximum(np.linalg.norm(aa, axis=1, keepdims=True), epsilon)
+    bb = bb / np.maximum(np.linalg.norm(bb, axis=1, keepdims=True), epsilon)
+    return np.sum(aa * bb, axis=1)
+
+
+def _check_parity(model, run_exported, images, description, label, threshold):
+    """Print the min / mean cosine of Keras vs exported embeddings; raise ParityError below `threshold`."""
+    cosines = cosine_similarities(keras_embeddings(model, images), run_exported(images))
+    required = "" if threshold is None else ", required min >= {}".format(threshold)
+    print(">>>> Parity {} on {}: cosine min {:.6f}, mean {:.6f}{}".format(label, description, cosines.min(), cosines.mean(), required))
+    if threshold is not None and not cosines.min() >= threshold:
+        raise ParityError("{}: min cosine {:.6f} is below the required {}; the export was not written".format(label, cosines.min(), threshold))
+    return cosines
+
+
+def _verification_accuracy(embeddings, issame):
+    from . import evals
+
+    accuracy = evals.evaluate(embeddings, issame)[2]
+    return float(np.mean(accuracy)), float(np.std(accuracy))
+
+
+def _compare_on_bin(model, run_exported, pairs, label):
+    """Print the verification accuracy (10-fold, no flip) of the Keras and the exported model on a .bin's pairs."""
+    images, issame, name = pairs
+    results = {"keras": _verification_accuracy(keras_embeddings(model, images), issame)}
+    results[label] = _verification_accuracy(run_exported(images), issame)
+    print(">>>> {} verification accuracy: {}".format(name, ", ".join("{} {:.4f} ± {:.4f}".format(kk, *vv) for kk, vv in results.items())))
+    return results
+
+
+def _verify_export(model, run_exported, label, threshold, verification_inputs):
+    images, description, pairs = verification_inputs
+    _check_parity(model, run_exported, images, description, label, threshold)
+    if pairs is not None:
+        _compare_on_bin(model, run_exported, pairs, label)
+
+
+# ---------------------------------------------------------------- TFLite
+def _float32(converter):
+    pass
+
+
+def _float16(converter):
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic(converter):
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _full_integer(dtype_name):
+    def configure(converter):
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = getattr(tf, dtype_name)
+
+    return configure
+
+
+QUANTIZATIONS = {"float32": _float32, "float16": _float16, "dynamic": _dynamic, "uint8": _full_integer("uint8"), "int8": _full_integer("int8")}
+INTEGER_QUANTIZATIONS = ("uint8", "int8")
+
+
+def _serving_function(model, input_shape, nchw=False, input_name="input"):
+    """A tf.function with a dynamic batch for tf2onnx, running the model in inference mode (NCHW input transposed first)."""
+    import tensorflow as tf
+
+    height, width, channels = input_shape
+    shape = (None, channels, height, width) if nchw else (None, height, width, channels)
+    spec = [tf.TensorSpec(shape, tf.float32, name=input_name)]
+    rescale = INSIGHTFACE_NORM[1] / KERAS_NORM[1]
+
+    def serve(inputs):
+        if nchw:
+            inputs = tf.transpose(inputs * rescale, [0, 2, 3, 1])
+        return tf.cast(model(inputs, training=False), tf.float32)
+
+    return tf.function(serve, input_signature=spec)
+
+
+def to_tflite_bytes(model, quantization="float32", representative_images=None):
+    """The TFLite flatbuffer of a basic model; integer types calibrate on `representative_images` (uint8 array).
+
+    Usage: content = to_tflite_bytes(basic_model, "float16")
+    """
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError("quantization must be one of {}, got {!r}".format(", ".join(QUANTIZATIONS), quantization))
+    if quantization in INTEGER_QUANTIZATIONS and representative_images is None:
+        raise ValueError("{} quantization needs representative images (an image folder or a .bin)".format(quantization))
+    # from_keras_model goes through a SavedModel export, which freezes the Keras 3 variables (a concrete function
+    # of the model does not: its TFLite file would read uninitialized resource variables)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    QUANTIZATIONS[quantization](converter)
+    if quantization in INTEGER_QUANTIZATIONS:
+        inputs = normalize(representative_images)
+        converter.representative_dataset = lambda: ([image[None]] for image in tqdm(inputs, desc="Calibrating", leave=False))
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the SavedModel export lists its endpoints and captures; integer types warn about unset input statistics
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+def _default_output_path(model_or_path, model, suffix):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return os.path.splitext(os.fspath(model_or_path))[0] + suffix
+    return model.name + suffix
+
+
+def convert_tflite(
+    model_or_path,
+    output_path=None,
+    quantization="float32",
+    representative_data=None,
+    num_parity_images=64,
+    bin_file=None,
+    num_representative_images=200,
+):
+    """Convert a basic model to TFLite, check parity, write `output_path` atomically and return it.
+
+    quantization: "float32", "float16", "dynamic" (int8 weights, float activations), or full-integer
+        "uint8" / "int8" (integer input and output too) calibrated on `representative_data`
+        (an image folder, a .bin, or a uint8 array; falls back to `bin_file`).
+    output_path: default `<model>.tflite` for float32, `<model>_<quantization>.tflite` otherwise.
+    Parity: cosine of Keras vs TFLite embeddings on `num_parity_images` images; float32 needs
+        min >= 0.9999, float16 >= 0.999, else ParityError and nothing is written.
+    Usage: convert_tflite("basic_model.h5", quantization="uint8", representative_data="faces/", bin_file="lfw.bin")
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError("quantization must be one of {}, got {!r}".format(", ".join(QUANTIZATIONS), quantization))
+    model = load_basic_model(model_or_path)
+    suffix = ".tflite" if quantization == "float32" else "_{}.tflite".format(quantization)
+    output_path = os.fspath(output_path or _default_output_path(model_or_path, model, suffix))
+    image_size = tuple(model.inputs[0].shape[1:3])
+    representative_images, representative_name = None, None
+    if quantization in INTEGER_QUANTIZATIONS:
+        source = representative_data if representative_data is not None else bin_file
+        if source is None:
+            raise ValueError("{} quantization needs representative_data: an image folder or a .bin of aligned faces".format(quantization))
+        representative_images = load_images(source, num_representative_images, image_size)
+        representative_name = _source_name(source)
+        print(">>>> Representative dataset: {} images from {}".format(len(representative_images), representative_name))
+    parity_source = representative_data if representative_images is None else representative_images
+    inputs = _verification_inputs(parity_source, bin_file, num_parity_images, image_size, representative_name)
+    print(">>>> Converting {} to TFLite {}".format(model.name, quantization))
+    content = to_tflite_bytes(model, quantization, representative_images)
+    with io_utils.atomic_path(output_path) as tmp:
+        with open(tmp, "wb") as ff:
+            ff.write(content)
+        _verify_export(model, _tflite_runner(tmp), "tflite " + quantization, PARITY_THRESHOLDS.get(quantization), inputs)
+    print(">>>> Saved: {} ({:.3f} MB)".format(output_path, len(content) / 2**20))
+    return output_path
+
+
+# ---------------------------------------------------------------- ONNX
+def _rename_onnx_io(model_proto, output_name="embedding", batch_name="batch"):
+    """Name the output tensor `output_name` and the dynamic batch axis `batch_name` (tf2onnx leaves generated ones)."""
+    graph = model_proto.graph
+    old_output = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [output_name if name == old_output else name for name in node.output]
+        node.input[:] = [output_name if name == old_output else name for name in node.input]
+    graph.output[0].name = output_name
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = batch_name
+    return model_proto
+
+
+def to_onnx_bytes(model, opset=DEFAULT_ONNX_OPSET, nchw=False, input_name="input"):
+    """The serialized ONNX model of a basic model, via tf2onnx on an inference tf.function.
+
+    Usage: content = to_onnx_bytes(basic_model, nchw=True)
+    """
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ImportError("ONNX export needs tf2onnx and onnx: pip install tf2onnx onnx") from error
+    serve = _serving_function(model, tuple(model.inputs[0].shape[1:]), nchw=nchw, input_name=input_name)
+    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=int(opset))
+    return _rename_onnx_io(model_proto).SerializeToString()
+
+
+def convert_onnx(
+    model_or_path,
+    output_path=None,
+    opset=DEFAULT_ONNX_OPSET,
+    nchw=False,
+    input_name="input",
+    representative_data=None,
+    num_parity_images=64,
+    bin_file=None,
+):
+    """Convert a basic model to ONNX, check parity (min cosine >= 0.9999), write `output_path` atomically and return it.
+
+    Input `input_name` ("input"; "data" for insightface-style tools), float32 [batch, H, W, 3] fed
+    `(x - 127.5) / 128`, or with `nchw=True` [batch, 3, H, W] fed `(x - 127.5) / 127.5` like insightface
+    models; the output is named "embedding". Parity images: `representative_data`, else `bin_file`, else synthetic.
+    Usage: convert_onnx("basic_model.h5", nchw=True, bin_file="lfw.bin")
+    """
+    model = load_basic_model(model_or_path)
+    output_path = os.fspath(output_path or _default_output_path(model_or_path, model, ".onnx"))
+    inputs = _verification_inputs(representative_data, bin_file, num_parity_images, tuple(model.inputs[0].shape[1:3]))
+    print(">>>> Converting {} to ONNX opset {} ({})".format(model.name, opset, "NCHW" if nchw else "NHWC"))
+    content = to_onnx_bytes(model, opset=opset, nchw=nchw, input_name=input_name)
+    with io_utils.atomic_path(output_path) as tmp:
+        with open(tmp, "wb") as ff:
+            ff.write(content)
+        _verify_export(model, _onnx_runner(tmp), "onnx", PARITY_THRESHOLDS["onnx"], inputs)
+    print(">>>> Saved: {} ({:.3f} MB)".format(output_path, len(content) / 2**20))
+    return output_path
+
+
+# ---------------------------------------------------------------- CLI
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Export a saved basic model (.h5 / .keras) to TFLite or ONNX, with a parity check before writing.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-m", "--model_file", required=True, help="saved basic model, .h5 or .keras (no NormDense head)")
+    parser.add_argument("-f", "--format", choices=FORMATS, default="tflite", help="export format")
+    parser.add_argument("-q", "--quantization", choices=list(QUANTIZATIONS), default="float32", help="TFLite conversion type")
+    parser.add_argument("-o", "--output", default=None, help="output file, default beside the model: <model>[_<quantization>].tflite / <model>.onnx")
+    parser.add_argument("-r", "--representative_data", default=None, help="image folder or .bin: calibration for uint8 / int8, and parity images")
+    parser.add_argument("-b", "--bin_file", default=None, help=".bin to compare the verification accuracy of the Keras and the exported model")
+    parser.add_argument("-n", "--num_parity_images", type=int, default=64, help="images for the cosine parity check")
+    parser.add_argument("--nchw", action="store_true", help="ONNX: NCHW input [batch, 3, H, W] fed (x - 127.5) / 127.5, insightface style")
+    parser.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET, help="ONNX opset")
+    parser.add_argument("--input_name", default="input", help="ONNX input name, e.g. 'data' for insightface-style tools")
+    return parser.parse_args(argv)
+
+
+def _export(args):
+    common = dict(output_path=args.output, representative_data=args.representative_data, num_parity_images=args.num_parity_images, bin_file=args.bin_file)
+    if args.format == "tflite":
+        return convert_tflite(args.model_file, quantization=args.quantization, **common)
+    return convert_onnx(args.model_file, opset=args.opset, nchw=args.nchw, input_name=args.input_name, **common)
+
+
+def main(argv=None):
+    """The command line of export.py (console script keras-insightface-export)."""
+    return cli.run("export.py", _export, parse_arguments(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,581 @@
+"""Losses for face recognition: margin softmax losses on cosine logits, center, triplet and distillation.
+
+The margin losses take one-hot `y_true` and the cosine output of `models.NormDense` as `y_pred`.
+Each replaces the target cosine of every sample by its margined value, multiplies all logits by
+`scale` and applies softmax cross-entropy. Only the target column is computed apart and the
+margin is added in place, so an ArcFace / CosFace step keeps one logits-size buffer live beside
+its inputs, like plain softmax: see docs/losses.md for the measurement.
+
+Usage:
+    from keras_insightface import losses
+    model.compile(optimizer="sgd", loss=losses.ArcfaceLoss(scale=64.0))
+"""
+import math
+import os
+
+import numpy as np
+import keras
+from keras import ops
+
+from .io_utils import atomic_path
+
+_PACKAGE = "keras_insightface"
+_TINY = 1e-12  # floor of sin^2(theta); keeps gradients finite at cosine == +/-1
+
+
+def _register(obj):
+    return keras.saving.register_keras_serializable(package=_PACKAGE)(obj)
+
+
+def combined_margin(cos_t, margin1=1.0, margin2=0.5, margin3=0.0):
+    """insightface combined margin `cos(margin1 * theta + margin2) - margin3` with the non-easy-margin rule.
+
+    When `margin1 * theta + margin2` would pass pi, i.e. `cos_t <= cos((pi - margin2) / margin1)`,
+    the target logit is `cos_t - cos((pi - margin2) / margin1) - cos(margin2) - margin2 * sin(margin2)
+    - margin3` instead. For margin1 == 1 that is insightface's `cos_t - margin2 * sin(margin2) - margin3`
+    (`easy_margin=False`); it starts below the margined curve's minimum `-1 - margin3` and keeps
+    decreasing with theta, so the target logit never wraps back up. `margin2` may be a per-sample tensor.
+    Usage: target_logit = combined_margin(target_cos, 1.0, 0.5, 0.0)
+    """
+    scalar_margin = isinstance(margin2, (int, float))
+    if not scalar_margin:
+        margin2 = ops.cast(margin2, cos_t.dtype)
+    sin_t = ops.sqrt(ops.maximum(1.0 - ops.square(cos_t), _TINY))
+    theta = ops.arctan2(sin_t, cos_t)
+    margined = ops.cos(margin1 * theta + margin2) - margin3
+    if scalar_margin:
+        if margin1 * math.pi + margin2 <= math.pi:
+            return margined  # the boundary is never reached
+        cos_boundary = math.cos((math.pi - margin2) / margin1)
+        offset = cos_boundary + math.cos(margin2) + margin2 * math.sin(margin2) + margin3
+    else:
+        cos_boundary = ops.cos(ops.minimum((math.pi - margin2) / margin1, math.pi))
+        offset = cos_boundary + ops.cos(margin2) + margin2 * ops.sin(margin2) + margin3
+    fallback = cos_t - offset
+    return ops.where(cos_t > cos_boundary, margined, fallback)
+
+
+def _target_indices(y_true):
+    """(batch, 2) indices `[row, label]` of the one-hot targets.
+
+    The label is read as `y_true @ [0, 1, ..., classes - 1]`, exact for one-hot rows, which needs
+    no temporary of the logits' size (Keras' argmax builds several).
+    """
+    class_ids = ops.arange(ops.shape(y_true)[-1], dtype=y_true.dtype)
+    labels = ops.cast(ops.round(ops.matmul(y_true, class_ids[:, None])[:, 0]), "int32")
+    rows = ops.arange(ops.shape(labels)[0], dtype="int32")
+    return ops.stack([rows, labels], axis=-1)
+
+
+def _split_feature_norm(y_true, y_pred):
+    """Cosines, feature norm and matching one-hot labels from a `NormDense(append_norm=True)` output."""
+    width, classes = y_pred.shape[-1], y_true.shape[-1]
+    if classes == width:
+        y_true = y_true[:, :-1]
+    elif classes != width - 1:
+        raise ValueError(
+            "feature-norm loss expects y_pred = NormDense(append_norm=True) output, one column wider than the "
+            "one-hot y_true; got y_true width {} and y_pred width {}".format(classes, width)
+        )
+    return y_true, y_pred[:, :-1], y_pred[:, -1]
+
+
+class _MarginSoftmaxLoss(keras.losses.Loss):
+    """Base of the margin losses: margined target cosine, `scale`, softmax cross-entropy.
+
+    Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)`.
+    The target cosine is `sum(y_true * cos)` and the margin is added at the target index
+    (`scatter_update(..., reduction="add")`): measured, this keeps a single logits-size buffer
+    live through forward and backward, where gathers and slices keep two or three.
+    """
+
+    uses_feature_norm = False
+
+    def __init__(self, scale=64.0, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        feature_norm = None
+        if self.uses_feature_norm:
+            y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
+        target_cos = ops.sum(y_true * y_pred, axis=-1)
+        target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
+        logits = ops.scatter_update(y_pred, _target_indices(y_true), target_logit - target_cos, reduction="add")
+        loss = keras.losses.categorical_crossentropy(
+            y_true, logits * self.scale, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+        )
+        if self.uses_feature_norm:
+            loss = loss + self._regularizer(feature_norm)
+        return loss
+
+    def _target_logit(self, target_cos, feature_norm):
+        raise NotImplementedError
+
+    def _regularizer(self, feature_norm):
+        return 0.0
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"scale": self.scale, "from_logits": self.from_logits, "label_smoothing": self.label_smoothing})
+        return config
+
+
+@_register
+class ArcfaceLoss(_MarginSoftmaxLoss):
+    """ArcFace / combined margin (Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019).
+
+    Target logit `cos(margin1 * theta + margin2) - margin3`, other logits `cos(theta)`, all times
+    `scale`, then categorical cross-entropy (`label_smoothing` as Keras defines it:
+    `y_true * (1 - ls) + ls / num_classes`). Where `margin1 * theta + margin2` would pass pi the
+    non-easy-margin rule of insightface applies: see `combined_margin`
+    (for margin1 = 1: `cos_t <= cos(pi - margin2)` gives `cos_t - margin2 * sin(margin2) - margin3`).
+    `from_logits` is passed to the cross-entropy.
+
+    Usage:
+        model.compile(optimizer="sgd", loss=ArcfaceLoss(scale=64.0, label_smoothing=0.1))
+    """
+
+    def __init__(self, margin1=1.0, margin2=0.5, margin3=0.0, scale=64.0, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.margin1, self.margin2, self.margin3 = float(margin1), float(margin2), float(margin3)
+
+    def _target_logit(self, target_cos, feature_norm):
+        return combined_margin(target_cos, self.margin1, self.margin2, self.margin3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin1": self.margin1, "margin2": self.margin2, "margin3": self.margin3})
+        return config
+
+
+@_register
+class ArcfaceLossSimple(ArcfaceLoss):
+    """ArcFace with the additive angular margin only: target logit `cos(theta + margin)` (Deng et al., CVPR 2019).
+
+    Same boundary rule as `ArcfaceLoss`: `cos_t <= cos(pi - margin)` gives `cos_t - margin * sin(margin)`.
+    Usage: loss = ArcfaceLossSimple(margin=0.5, scale=64.0)
+    """
+
+    def __init__(self, margin=0.5, scale=64.0, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(1.0, margin, 0.0, scale, from_logits, label_smoothing, **kwargs)
+        self.margin = float(margin)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("margin1", "margin2", "margin3"):
+            config.pop(key)
+        config["margin"] = self.margin
+        return config
+
+
+@_register
+class CosFaceLoss(_MarginSoftmaxLoss):
+    """CosFace / large margin cosine loss: target logit `cos(theta) - margin` (Wang et al., "CosFace", CVPR 2018).
+
+    Usage: loss = CosFaceLoss(margin=0.35, scale=64.0)
+    """
+
+    def __init__(self, margin=0.35, scale=64.0, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.margin = float(margin)
+
+    def _target_logit(self, target_cos, feature_norm):
+        return target_cos - self.margin
+
+    def get_config(self):
+        config = super().get_config()
+        config["margin"] = self.margin
+        return config
+
+
+def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scale, label_smoothing):
+    """Softmax cross-entropy of CurricularFace logits, with a hand-written gradient.
+
+    Non-target cosines `c > hard_threshold` become `c * (t + c)`, the target column becomes
+    `target_logit`, everything is multiplied by `scale`. The backward pass recomputes the logits
+    from `cos` instead of keeping forward buffers, and writes `dL/dc = scale * (p - ls / C) *
+    (t + 2c or 1)` directly. Measured at 100k classes, the step's peak is 2.2-2.5 logits-size
+    buffers against 3.5 with autodiff of the same formula (docs/losses.md). `hard_threshold`
+    (batch, 1) and `t` get no gradient.
+    Usage: per_sample = _curricular_cross_entropy(y_true, cos, target_logit, threshold, t, 64.0, 0.0)
+    """
+    indices = _target_indices(y_true)
+    smooth = label_smoothing / cos.shape[-1]
+
+    def scaled_logits(cos, target_logit):
+        modulated = cos * ops.where(cos > hard_threshold, t + cos, 1.0)
+        return ops.scatter_update(modulated, indices, target_logit) * scale
+
+    @ops.custom_gradient
+    def cross_entropy(cos, target_logit):
+        logits = scaled_logits(cos, target_logit)
+        log_norm = ops.logsumexp(logits, axis=-1)
+        loss = log_norm - (1.0 - label_smoothing) * scale * target_logit
+        if label_smoothing:
+            loss = loss - smooth * ops.sum(logits, axis=-1)
+
+        def grad(upstream):
+            prob = ops.exp(scaled_logits(cos, target_logit) - ops.expand_dims(log_norm, -1))
+            target_prob = ops.take_along_axis(prob, indices[:, 1:], axis=-1)[:, 0]
+            if label_smoothing:
+                prob = prob - smooth
+            grad_cos = prob * ops.where(cos > hard_threshold, t + 2.0 * cos, 1.0)
+            grad_cos = ops.scatter_update(grad_cos, indices, ops.zeros_like(target_logit))
+            upstream_scale = upstream * scale
+            grad_target = (target_prob - (1.0 - label_smoothing) - smooth) * upstream_scale
+            return grad_cos * ops.expand_dims(upstream_scale, -1), grad_target
+
+        return loss, grad
+
+    return cross_entropy(cos, target_logit)
+
+
+@_register
+class CurricularFaceLoss(_MarginSoftmaxLoss):
+    """CurricularFace (Huang et al., "CurricularFace: Adaptive Curriculum Learning Loss for Deep Face Recognition", CVPR 2020).
+
+    Target logit: ArcFace `cos(theta + margin)` with the non-easy-margin rule. A non-target cosine
+    `c` above the sample's `cos(theta_y + margin)` is a hard negative and becomes `c * (t + c)`.
+    `t` is a non-trainable running value, updated on every call before use:
+    `t = alpha * t + (1 - alpha) * mean(target cosines of the batch)`, starting at 0.
+    The cross-entropy always works from logits (`from_logits=False` is refused) and carries its
+    own gradient, which keeps the step's memory near ArcFace's: see `_curricular_cross_entropy`.
+    Usage: loss = CurricularFaceLoss(margin=0.5, scale=64.0, alpha=0.99)
+    """
+
+    def __init__(self, margin=0.5, scale=64.0, alpha=0.99, from_logits=True, label_smoothing=0, **kwargs):
+        if not from_logits:
+            raise ValueError("CurricularFaceLoss computes softmax cross-entropy on its own logits; from_logits must be True")
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.margin, self.alpha = float(margin), float(alpha)
+        self.t = keras.Variable(0.0, trainable=False, dtype="float32", name="curricular_t", aggregation="mean")
+
+    def call(self, y_true, y_pred):
+        target_cos = ops.sum(y_true * y_pred, axis=-1)
+        target_logit = ops.cast(combined_margin(target_cos, 1.0, self.margin, 0.0), y_pred.dtype)
+        constant_cos = ops.stop_gradient(target_cos)
+        t = self.alpha * self.t + (1.0 - self.alpha) * ops.mean(ops.cast(constant_cos, "float32"))
+        self.t.assign(t)
+        hard_threshold = ops.cos(ops.arccos(ops.clip(constant_cos, -1.0, 1.0)) + self.margin)
+        return _curricular_cross_entropy(
+            y_true, y_pred, target_logit, ops.expand_dims(hard_threshold, -1), ops.cast(t, y_pred.dtype), self.scale, self.label_smoothing
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin, "alpha": self.alpha})
+        return config
+
+
+@_register
+class MagFaceLoss(_MarginSoftmaxLoss):
+    """MagFace (Meng et al., "MagFace: A Universal Representation for Face Recognition and Quality Assessment", CVPR 2021).
+
+    Needs `NormDense(append_norm=True)`: the last column of `y_pred` is the feature norm `a`
+    (`y_true` has one column fewer). With `a` clipped to `[min_feature_norm, max_feature_norm]`,
+    margin `m(a) = min_margin + (max_margin - min_margin) * (a - min_feature_norm) / (max_feature_norm
+    - min_feature_norm)`, target logit `cos(theta + m(a))` with the non-easy-margin rule, and the loss
+    adds `regularizer_loss_lambda * (a / max_feature_norm**2 + 1 / a)`.
+    Usage: loss = MagFaceLoss(scale=64.0)
+    """
+
+    uses_feature_norm = True
+
+    def __init__(
+        self,
+        min_feature_norm=10.0,
+        max_feature_norm=110.0,
+        min_margin=0.45,
+        max_margin=0.8,
+        scale=64.0,
+        regularizer_loss_lambda=35.0,
+        from_logits=True,
+        label_smoothing=0,
+        **kwargs,
+    ):
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.min_feature_norm, self.max_feature_norm = float(min_feature_norm), float(max_feature_norm)
+        self.min_margin, self.max_margin = float(min_margin), float(max_margin)
+        self.regularizer_loss_lambda = float(regularizer_loss_lambda)
+
+    def _clipped_norm(self, feature_norm):
+        return ops.clip(feature_norm, self.min_feature_norm, self.max_feature_norm)
+
+    def _target_logit(self, target_cos, feature_norm):
+        slope = (self.max_margin - self.min_margin) / (self.max_feature_norm - self.min_feature_norm)
+        margin = self.min_margin + slope * (self._clipped_norm(feature_norm) - self.min_feature_norm)
+        return combined_margin(target_cos, 1.0, margin, 0.0)
+
+    def _regularizer(self, feature_norm):
+        norm = self._clipped_norm(feature_norm)
+        return self.regularizer_loss_lambda * (norm / self.max_feature_norm**2 + 1.0 / norm)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "min_feature_norm": self.min_feature_norm,
+                "max_feature_norm": self.max_feature_norm,
+                "min_margin": self.min_margin,
+                "max_margin": self.max_margin,
+                "regularizer_loss_lambda": self.regularizer_loss_lambda,
+            }
+        )
+        return config
+
+
+@_register
+class AdaFaceLoss(_MarginSoftmaxLoss):
+    """AdaFace (Kim et al., "AdaFace: Quality Adaptive Margin for Face Recognition", CVPR 2022).
+
+    Needs `NormDense(append_norm=True)`: the last column of `y_pred` is the feature norm (`y_true`
+    has one column fewer). Norms are clipped to [0.001, 100] and taken without gradient. Running
+    batch statistics (non-trainable, start at mean 20, std 100) are updated before use:
+    `mean = t_alpha * batch_mean + (1 - t_alpha) * mean`, same for the unbiased std. Per sample
+    `s = clip(h * (norm - mean) / (std + 1e-3), -1, 1)`; the target logit is
+    `cos(clip(theta - margin * s, 1e-3, pi - 1e-3)) - (margin + margin * s)` with
+    `theta = arccos(clip(cos_t, -1 + 1e-3, 1 - 1e-3))`; non-target cosines are unchanged.
+    Usage: loss = AdaFaceLoss(margin=0.4, h=0.333, scale=64.0)
+    """
+
+    uses_feature_norm = True
+    _EPS = 1e-3
+
+    def __init__(self, margin=0.4, h=0.333, scale=64.0, t_alpha=0.01, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.margin, self.h, self.t_alpha = float(margin), float(h), float(t_alpha)
+        self.batch_mean = keras.Variable(20.0, trainable=False, dtype="float32", name="adaface_mean", aggregation="mean")
+        self.batch_std = keras.Variable(100.0, trainable=False, dtype="float32", name="adaface_std", aggregation="mean")
+
+    def _margin_scaler(self, feature_norm):
+        norms = ops.stop_gradient(ops.clip(ops.cast(feature_norm, "float32"), 0.001, 100.0))
+        count = ops.cast(ops.shape(norms)[0], "float32")
+        centered = norms - ops.mean(norms)
+        std = ops.sqrt(ops.sum(ops.square(centered)) / ops.maximum(count - 1.0, 1.0))
+        mean = self.t_alpha * ops.mean(norms) + (1.0 - self.t_alpha) * self.batch_mean
+        std = self.t_alpha * std + (1.0 - self.t_alpha) * self.batch_std
+        self.batch_mean.assign(mean)
+        self.batch_std.assign(std)
+        return ops.clip(self.h * (norms - mean) / (std + self._EPS), -1.0, 1.0)
+
+    def _target_logit(self, target_cos, feature_norm):
+        scaler = ops.cast(self._margin_scaler(feature_norm), target_cos.dtype)
+        theta = ops.arccos(ops.clip(target_cos, -1.0 + self._EPS, 1.0 - self._EPS))
+        theta_m = ops.clip(theta - self.margin * scaler, self._EPS, math.pi - self._EPS)
+        return ops.cos(theta_m) - (self.margin + self.margin * scaler)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": self.margin, "h": self.h, "t_alpha": self.t_alpha})
+        return config
+
+
+@_register
+def scale_softmax(y_true, y_pred, scale=64.0):
+    """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin.
+
+    Usage: model.compile(optimizer="adam", loss=losses.scale_softmax)
+    """
+    return keras.losses.categorical_crossentropy(y_true, y_pred * scale, from_logits=True)
+
+
+MARGIN_LOSSES = (ArcfaceLoss, ArcfaceLossSimple, CosFaceLoss, CurricularFaceLoss, MagFaceLoss, AdaFaceLoss)
+FEATURE_NORM_LOSSES = (MagFaceLoss, AdaFaceLoss)
+COSINE_LOSS_FUNCTIONS = (scale_softmax,)
+
+
+def is_margin_loss(loss):
+    """True when `loss` reads NormDense cosines (a margin loss or `scale_softmax`).
+
+    Usage: head = NormDense(classes) if losses.is_margin_loss(loss) else keras.layers.Dense(classes)
+    """
+    function = getattr(loss, "func", loss)  # functools.partial(scale_softmax, scale=...)
+    return isinstance(loss, MARGIN_LOSSES) or any(function is ff for ff in COSINE_LOSS_FUNCTIONS)
+
+
+def needs_feature_norm(loss):
+    """True when `loss` needs `NormDense(append_norm=True)` (MagFace, AdaFace).  Usage: needs_feature_norm(loss)"""
+    return isinstance(loss, FEATURE_NORM_LOSSES)
+
+
+def _labels_from(y_true):
+    """Integer labels from one-hot `(batch, classes)` or integer `(batch,)` / `(batch, 1)` labels."""
+    if len(y_true.shape) == 2 and y_true.shape[-1] != 1:
+        return ops.argmax(y_true, axis=-1)
+    return ops.cast(ops.reshape(y_true, (-1,)), "int32")
+
+
+@_register
+class CenterLoss(keras.losses.Loss):
+    """Center loss (Wen et al., "A Discriminative Feature Learning Approach for Deep Face Recognition", ECCV 2016).
+
+    `y_true`: one-hot (or integer) labels; `y_pred`: embeddings. Loss per sample is
+    `factor * sum over feature dims of (x_i - c_{y_i})**2` (Keras then takes the mean over the
+    batch), using the centers before this batch's update. Each call then moves the non-trainable
+    centers toward the batch features: `c_j -= alpha * sum_{i: y_i = j}(c_j - x_i) / (1 + n_j)`, `n_j`
+    the count of class j in the batch. Centers are not part of `get_config`: `save_centers(path)`
+    writes them to a `.npy` file, and `initial_file` (when it exists) loads them back.
+
+    Usage:
+        center_loss = CenterLoss(num_classes=85742, emb_shape=256, initial_file="checkpoints/model_centers.npy")
+        center_loss.save_centers("checkpoints/model_centers.npy")
+    """
+
+    def __init__(self, num_classes, emb_shape, alpha=0.5, factor=1.0, initial_file=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.emb_shape = int(num_classes), int(emb_shape)
+        self.alpha, self.factor, self.initial_file = float(alpha), float(factor), initial_file
+        centers = np.zeros((self.num_classes, self.emb_shape), dtype="float32")
+        if initial_file and os.path.exists(initial_file):
+            centers = self._load_centers(initial_file)
+        self.centers = keras.Variable(centers, trainable=False, dtype="float32", name="centers", aggregation="sum")
+
+    def _load_centers(self, path):
+        centers = np.load(path)
+        if centers.shape != (self.num_classes, self.emb_shape):
+            raise ValueError(
+                "CenterLoss initial_file {}: centers have shape {}, expected (num_classes, emb_shape) = {}".format(
+                    path, centers.shape, (self.num_classes, self.emb_shape)
+                )
+            )
+        print(">>>> Reload centers from:", path)
+        return centers.astype("float32")
+
+    def call(self, y_true, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.emb_shape:
+            raise ValueError(
+                "CenterLoss: embeddings have {} features, expected emb_shape={}".format(y_pred.shape[-1], self.emb_shape)
+            )
+        labels = ops.cast(_labels_from(y_true), "int32")
+        embeddings = ops.cast(y_pred, "float32")
+        centers_batch = ops.stop_gradient(ops.take(self.centers, labels, axis=0))
+        counts = ops.take(ops.bincount(labels, minlength=self.num_classes), labels)
+        delta = self.alpha * ops.stop_gradient(centers_batch - embeddings) / (1.0 + ops.cast(counts, "float32"))[:, None]
+        _scatter_sub(self.centers, labels, delta)
+        return self.factor * ops.sum(ops.square(embeddings - centers_batch), axis=-1)
+
+    def save_centers(self, path):
+        """Write the centers to `path` (`.npy`) atomically.  Usage: center_loss.save_centers("m_centers.npy")"""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as ff:
+                np.save(ff, ops.convert_to_numpy(self.centers))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "emb_shape": self.emb_shape,
+                "alpha": self.alpha,
+                "factor": self.factor,
+                "initial_file": self.initial_file,
+            }
+        )
+        return config
+
+
+def _scatter_sub(variable, indices, updates):
+    """`variable[indices] -= updates`, summing repeated indices.
+
+    TensorFlow: a sparse update of the touched rows only (also across MirroredStrategy replicas,
+    whose deltas add up); other backends: a dense scatter.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return variable.value.scatter_sub(tf.IndexedSlices(updates, indices))
+    return variable.assign_sub(ops.scatter(indices[:, None], updates, variable.shape))
+
+
+def _cosine_similarity_matrix(embeddings):
+    norm_emb = embeddings / ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=-1, keepdims=True), _TINY))
+    return ops.matmul(norm_emb, ops.transpose(norm_emb))
+
+
+def _same_label_matrix(y_true):
+    labels = _labels_from(y_true)
+    return ops.equal(labels[:, None], labels[None, :])
+
+
+class _TripletLoss(keras.losses.Loss):
+    """Base of the triplet losses: the margin `alpha`, and the same-label / cosine-distance matrices."""
+
+    def __init__(self, alpha=0.35, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+
+    @staticmethod
+    def _same_label_and_distance(y_true, y_pred):
+        """Boolean same-label matrix and cosine distance `1 - cos` of the L2-normalized embeddings."""
+        return _same_label_matrix(y_true), 1.0 - _cosine_similarity_matrix(y_pred)
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha"] = self.alpha
+        return config
+
+
+@_register
+class BatchHardTripletLoss(_TripletLoss):
+    """Batch-hard triplet loss (Hermans et al., "In Defense of the Triplet Loss", 2017) on cosine distance.
+
+    Embeddings are L2-normalized; distance `d = 1 - cos`. For each anchor:
+    `max(0, max_{p: same label} d(a, p) - min_{n: other label} d(a, n) + alpha)`, the positives
+    including the anchor itself (distance 0); an anchor with no negative in the batch gives 0.
+    `y_true`: one-hot or integer labels.
+    Usage: loss = BatchHardTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        same, dist = self._same_label_and_distance(y_true, y_pred)
+        hardest_pos = ops.max(ops.where(same, dist, 0.0), axis=-1)
+        hardest_neg = ops.min(ops.where(same, 4.0, dist), axis=-1)  # cosine distance is at most 2
+        has_negative = ops.any(ops.logical_not(same), axis=-1)
+        loss = ops.maximum(hardest_pos - hardest_neg + self.alpha, 0.0)
+        return ops.where(has_negative, loss, 0.0)
+
+
+@_register
+class BatchAllTripletLoss(_TripletLoss):
+    """Batch-all triplet loss (Hermans et al. 2017, "BA != 0") on cosine distance `d = 1 - cos`.
+
+    Over every triplet (a, p, n) of the batch with p != a of a's label and n of another label,
+    `l = max(0, d(a, p) - d(a, n) + alpha)`; the loss is the mean of the non-zero `l` (0 when none).
+    Memory grows as batch**3. `y_true`: one-hot or integer labels.
+    Usage: loss = BatchAllTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        same, dist = self._same_label_and_distance(y_true, y_pred)
+        not_self = ops.logical_not(ops.eye(ops.shape(dist)[0], dtype="bool"))
+        positive = ops.logical_and(same, not_self)
+        valid = ops.logical_and(positive[:, :, None], ops.logical_not(same)[:, None, :])
+        triplet = ops.maximum(dist[:, :, None] - dist[:, None, :] + self.alpha, 0.0)
+        triplet = ops.where(valid, triplet, 0.0)
+        active = ops.sum(ops.cast(triplet > 0, triplet.dtype))
+        return ops.sum(triplet) / ops.maximum(active, 1.0)
+
+
+@_register
+def distiller_loss_euclidean(true_emb, pred_emb):
+    """Squared L2 distance between teacher and student embeddings, per sample.
+
+    Usage: model.compile(loss={"embedding": losses.distiller_loss_euclidean}, ...)
+    """
+    return ops.sum(ops.square(pred_emb - true_emb), axis=-1)
+
+
+@_register
+def distiller_loss_cosine(true_emb, pred_emb):
+    """`1 - cosine similarity` between teacher and student embeddings, per sample.
+
+    Usage: model.compile(loss={"embedding": losses.distiller_loss_cosine}, loss_weights={"embedding": 7}, ...)
+    """
+
+    def normalize(emb):
+        return emb / ops.sqrt(ops.maximum(ops.sum(ops.square(emb), axis=-1, keepdims=True), _TINY))
+
+    return 1.0 - ops.sum(normalize(true_emb) * normalize(pred_emb), axis=-1)

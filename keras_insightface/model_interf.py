@@ -1,0 +1,204 @@
+"""Turn a saved face model into an embedding function: uint8 RGB faces in, float32 embeddings out.
+
+One place knows how to run every supported model kind, chosen by the file type:
+
+| model file                  | backend            | layout | default normalization          |
+| --------------------------- | ------------------ | ------ | ------------------------------ |
+| `*.h5`, `*.keras`           | Keras 3            | NHWC   | (x - 127.5) / 128              |
+| `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export), NHWC -> (x - 127.5) / 128 (Keras export) |
+| `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5            |
+| `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
+
+Usage:
+    from keras_insightface.model_interf import load_model_interf
+    interf = load_model_interf("checkpoints/basic_model.h5", batch_size=128)
+    embs = interf(faces)  # faces: uint8 [B, 112, 112, 3] RGB -> float32 [B, D], not normalized
+"""
+import os
+import re
+
+import numpy as np
+
+_MXNET_SPEC = re.compile(r"^(?P<prefix>.+),(?P<epoch>\d+)$")
+INSIGHTFACE_NORM = (127.5, 127.5)
+KERAS_NORM = (127.5, 128.0)
+
+
+class ModelInterf:
+    """Callable embedding function around a backend `predict(float32 batch) -> array`.
+
+    Images are normalized as `(x - mean) / std`, transposed to the backend's layout and run in
+    slices of `batch_size` (all at once when None).
+
+    Usage:
+        interf = ModelInterf(lambda x: x.reshape(len(x), -1), input_layout="NHWC")
+        embs = interf(np.zeros([2, 112, 112, 3], "uint8"))
+    """
+
+    def __init__(self, predict, input_layout="NHWC", mean=127.5, std=128.0, batch_size=None, name="model"):
+        if input_layout not in ("NHWC", "NCHW"):
+            raise ValueError("input_layout must be 'NHWC' or 'NCHW', got {!r}".format(input_layout))
+        self.predict, self.input_layout, self.name = predict, input_layout, name
+        self.mean, self.std = float(mean), float(std)
+        self.batch_size = None if batch_size is None else int(batch_size)
+
+    def __call__(self, images):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError("{}: expected RGB images shaped [B, H, W, 3], got {}".format(self.name, images.shape))
+        step = self.batch_size or max(len(images), 1)
+        outputs = [self._predict_batch(images[start : start + step]) for start in range(0, len(images), step)]
+        if not outputs:
+            return np.zeros([0, 0], dtype="float32")
+        return np.concatenate(outputs, axis=0)
+
+    def _predict_batch(self, images):
+        inputs = (images.astype("float32") - self.mean) / self.std
+        if self.input_layout == "NCHW":
+            inputs = inputs.transpose(0, 3, 1, 2)
+        outputs = self.predict(np.ascontiguousarray(inputs, dtype="float32"))
+        return np.asarray(outputs, dtype="float32").reshape(len(images), -1)
+
+    def __repr__(self):
+        return "ModelInterf(name={!r}, layout={}, mean={}, std={})".format(self.name, self.input_layout, self.mean, self.std)
+
+
+def _first_output(outputs):
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def _keras_backend(model):
+    import keras
+
+    return (lambda inputs: keras.ops.convert_to_numpy(_first_output(model.predict_on_batch(inputs)))), "NHWC", KERAS_NORM
+
+
+def _load_keras(model_file):
+    import keras
+
+    return _keras_backend(keras.models.load_model(model_file, compile=False))
+
+
+def _onnx_layout(shape):
+    """NCHW when the channel axis (size 3) is second, NHWC when it is last."""
+    if len(shape) == 4 and shape[1] == 3:
+        return "NCHW"
+    if len(shape) == 4 and shape[-1] == 3:
+        return "NHWC"
+    raise ValueError("ONNX model input shape {} has no 3-channel axis at position 1 or 3".format(shape))
+
+
+def _load_onnx(model_file):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_file, providers=ort.get_available_providers())
+    model_input = session.get_inputs()[0]
+    layout = _onnx_layout(model_input.shape)
+
+    def predict(inputs):
+        return session.run(None, {model_input.name: inputs})[0]
+
+    return predict, layout, INSIGHTFACE_NORM if layout == "NCHW" else KERAS_NORM
+
+
+def _load_torchscript(model_file):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("{}: TorchScript models need PyTorch, which is not installed: pip install torch".format(model_file)) from error
+    module = torch.jit.load(model_file, map_location="cpu").eval()
+
+    def predict(inputs):
+        with torch.no_grad():
+            return _first_output(module(torch.from_numpy(inputs))).cpu().numpy()
+
+    return predict, "NCHW", INSIGHTFACE_NORM
+
+
+def _mxnet_files(prefix, epoch):
+    return prefix + "-symbol.json", "{}-{:04d}.params".format(prefix, epoch)
+
+
+def _load_mxnet(prefix, epoch, output_layer="fc1_output"):
+    try:
+        import mxnet as mx
+    except ImportError as error:
+        raise ImportError(
+            "{},{}: MXNet models need the optional `mxnet` package, which is not installed. mxnet requires "
+            "numpy<1.24, so it cannot share an environment with TensorFlow>=2.20: run this in a separate "
+            "environment, or convert the model to ONNX and pass the .onnx file".format(prefix, epoch)
+        ) from error
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
+    module = mx.mod.Module(symbol=symbol.get_internals()[output_layer], context=mx.cpu(), label_names=None)
+    module.bind(data_shapes=[("data", (1, 3, 112, 112))], for_training=False)
+    module.set_params(arg_params, aux_params)
+
+    def predict(inputs):
+        module.forward(mx.io.DataBatch(data=(mx.nd.array(inputs),)), is_train=False)
+        return module.get_outputs()[0].asnumpy()
+
+    return predict, "NCHW", (0.0, 1.0)
+
+
+_FILE_LOADERS = {
+    ".h5": _load_keras,
+    ".keras": _load_keras,
+    ".onnx": _load_onnx,
+    ".pt": _load_torchscript,
+    ".pth": _load_torchscript,
+}
+
+
+def _load_backend(model_file):
+    """(predict, layout, (mean, std)) for a model file or an MXNet `prefix,epoch` spec."""
+    mxnet_spec = _MXNET_SPEC.match(model_file) if not os.path.exists(model_file) else None
+    if mxnet_spec:
+        prefix, epoch = mxnet_spec.group("prefix"), int(mxnet_spec.group("epoch"))
+        for path in _mxnet_files(prefix, epoch):
+            if not os.path.exists(path):
+                raise FileNotFoundError("MXNet model '{}': file not found: {}".format(model_file, path))
+        return _load_mxnet(prefix, epoch)
+
+    suffix = os.path.splitext(model_file)[1].lower()
+    if suffix not in _FILE_LOADERS:
+        raise ValueError(
+            "{}: unsupported model type '{}'; expected one of {} or an MXNet 'prefix,epoch'".format(
+                model_file, suffix, ", ".join(sorted(_FILE_LOADERS))
+            )
+        )
+    if not os.path.exists(model_file):
+        raise FileNotFoundError("model file not found: {}".format(model_file))
+    return _FILE_LOADERS[suffix](model_file)
+
+
+def model_name(model_file):
+    """Short name used for result files: file stem, or the folder name of an MXNet `prefix,epoch`.
+
+    Usage: model_name("checkpoints/basic_model.h5") -> "basic_model"
+    """
+    model_file = os.fspath(model_file)
+    if _MXNET_SPEC.match(model_file) and not os.path.exists(model_file):
+        return os.path.basename(os.path.dirname(os.path.abspath(model_file.rsplit(",", 1)[0])))
+    return os.path.splitext(os.path.basename(model_file))[0]
+
+
+def load_model_interf(model_file, input_layout=None, mean=None, std=None, batch_size=None):
+    """Load `model_file` (path, MXNet `prefix,epoch`, or an in-memory keras.Model) as a `ModelInterf`.
+
+    `input_layout`, `mean` and `std` override the backend defaults listed in the module docstring.
+    Usage: embs = load_model_interf("model.onnx", batch_size=64)(faces)
+    """
+    if isinstance(model_file, (str, os.PathLike)):
+        name = model_name(model_file)
+        predict, layout, (default_mean, default_std) = _load_backend(os.fspath(model_file))
+    else:
+        name = getattr(model_file, "name", "model")
+        predict, layout, (default_mean, default_std) = _keras_backend(model_file)
+    return ModelInterf(
+        predict,
+        input_layout=input_layout or layout,
+        mean=default_mean if mean is None else mean,
+        std=default_std if std is None else std,
+        batch_size=batch_size,
+        name=name,
+    )

@@ -1,0 +1,134 @@
+"""Model building: built-in backbones, embedding heads, the NormDense output head and model surgery.
+
+Usage:
+    from keras_insightface import models
+    models.print_buildin_models()  # or models.list_models()
+    basic_model = models.buildin_models("mobilenet", dropout=0, emb_shape=256, output_layer="GDC")
+    basic_model = models.add_l2_regularizer_2_model(basic_model, 1e-3, apply_to_batch_normal=True)
+"""
+import keras
+from keras import ops
+
+from . import heads
+from .backbones import registry
+from .surgery import add_l2_regularizer_2_model, get_l2_regularizer_value, iter_layers, replace_ReLU_with_PReLU, set_batchnorm  # noqa: F401
+
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class NormDense(keras.layers.Layer):
+    """Cosine head: L2-normalized inputs times L2-normalized class weights, values in [-1, 1].
+
+    `loss_top_k=K` keeps K sub-centers per class (kernel shape `(emb, units * K)`, sub-center
+    `k` of class `c` in column `c * K + k`) and returns the max over each class's K columns.
+    `append_norm=True` appends the L2 norm of the input feature as one extra last column,
+    for MagFace / AdaFace style losses.
+
+    Usage:
+        out = NormDense(num_classes, name="NormDense")(basic_model.output)
+    """
+
+    def __init__(self, units=1000, kernel_regularizer=None, loss_top_k=1, append_norm=False, epsilon=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.loss_top_k = int(loss_top_k)
+        self.append_norm = bool(append_norm)
+        self.epsilon = float(epsilon)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        self.w = self.add_weight(
+            name="norm_dense_w",
+            shape=(input_shape[-1], self.units * self.loss_top_k),
+            initializer="glorot_normal",
+            regularizer=self.kernel_regularizer,
+            trainable=True,
+        )
+
+    def call(self, inputs):
+        norm_w = self.w / ops.sqrt(ops.maximum(ops.sum(ops.square(self.w), axis=0, keepdims=True), self.epsilon))
+        feature_norm = ops.sqrt(ops.maximum(ops.sum(ops.square(inputs), axis=-1, keepdims=True), self.epsilon))
+        output = ops.matmul(inputs / feature_norm, ops.cast(norm_w, inputs.dtype))
+        if self.loss_top_k > 1:
+            output = ops.max(ops.reshape(output, (-1, self.units, self.loss_top_k)), axis=-1)
+        if self.append_norm:
+            output = ops.concatenate([output, ops.cast(feature_norm, output.dtype)], axis=-1)
+        return output
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units + int(self.append_norm))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "loss_top_k": self.loss_top_k,
+                "append_norm": self.append_norm,
+                "epsilon": self.epsilon,
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config
+
+
+def buildin_models(
+    stem_model,
+    dropout=1,
+    emb_shape=512,
+    input_shape=(112, 112, 3),
+    output_layer="GDC",
+    bn_momentum=0.99,
+    bn_epsilon=0.001,
+    add_pointwise_conv=False,
+    use_bias=False,
+    scale=True,
+    weights=None,
+    use_prelu=False,
+    **kwargs,
+):
+    """Backbone + embedding head: the basic model, whose last layer is named `embedding`.
+
+    stem_model: a registered name (see `print_buildin_models`, case-insensitive), any
+        keras.applications name, or a headless keras.Model whose output is a 4D feature map.
+    dropout: rate in (0, 1) applied in the head; 0 or >= 1 means none.
+    output_layer: "E" (BN, Dropout, Flatten, Dense), "GDC" (global depthwise conv, BN, Dropout,
+        Conv1x1), "F" (Dropout, Flatten, Dense) or "GAP" (BN, GlobalAveragePooling, Dropout, Dense);
+        all end with BatchNorm(scale=scale) named `pre_embedding` and a float32 `embedding` layer.
+    bn_momentum, bn_epsilon: for the head's BatchNorms; applied to a named backbone's BatchNorms too
+        when they differ from the Keras defaults (0.99, 0.001).
+    add_pointwise_conv: Conv1x1(512) + BN + ReLU before the head (-1: half the channels).
+    use_prelu: every ReLU of the result (backbone and head) becomes a PReLU, see `replace_ReLU_with_PReLU`.
+    weights: passed to the backbone builder ("imagenet" where keras.applications offers it).
+    kwargs: passed to the backbone builder.
+
+    Usage:
+        basic_model = buildin_models("r34", dropout=0.4, emb_shape=512, output_layer="E", bn_momentum=0.9, bn_epsilon=2e-5)
+    """
+    if isinstance(stem_model, str):
+        backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
+        if (bn_momentum, bn_epsilon) != (0.99, 0.001):
+            print(f">>>> Change BatchNormalization momentum and epsilon default value: {bn_momentum}, {bn_epsilon}")
+            set_batchnorm(backbone, bn_momentum, bn_epsilon)
+    elif isinstance(stem_model, keras.Model):
+        backbone = stem_model
+    else:
+        raise TypeError(f"buildin_models: stem_model must be a name or a keras.Model, got {type(stem_model).__name__}")
+    basic_model = heads.add_embedding_head(
+        backbone, emb_shape, output_layer, dropout, bn_momentum, bn_epsilon, add_pointwise_conv, use_bias, scale
+    )
+    return replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
+
+
+def print_buildin_models():
+    """Print the registered backbone names, grouped.  Usage: models.print_buildin_models()"""
+    print(">>>> buildin_models")
+    for group, names in registry.BUILDIN_MODEL_GROUPS.items():
+        print(f"{group}: {', '.join(names)},")
+    print("Or other names from keras.applications like DenseNet121 / InceptionV3 / NASNetMobile / VGG19.")
+
+
+list_models = registry.list_models
+get_backbone_builder = registry.get_backbone_builder
+BUILDIN_MODEL_GROUPS = registry.BUILDIN_MODEL_GROUPS
+BUILDIN_MODELS = {name: builder for group in BUILDIN_MODEL_GROUPS.values() for name, builder in group.items()}

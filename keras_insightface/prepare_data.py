@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Prepare insightface datasets: MXNet RecordIO -> image folders, eval `.bin` files -> plain JPEG bytes.
+
+Usage:
+    # Convert `/datasets/faces_emore` to `/datasets/faces_emore_112x112_folders`
+    ./prepare_data.py -D /datasets/faces_emore
+    # Convert evaluating bin files
+    ./prepare_data.py -D /datasets/faces_emore -T lfw.bin cfp_fp.bin agedb_30.bin
+
+    from keras_insightface.prepare_data import extract_recordio, convert_bin
+    save_dir = extract_recordio("/datasets/faces_emore")
+    convert_bin("/datasets/faces_emore/cfp_fp.bin")
+"""
+import argparse
+import json
+import os
+import sys
+import pickle
+
+import numpy as np
+from tqdm import tqdm
+
+from . import cli, io_utils
+from . import recordio
+
+COMPLETION_MARKER = ".extraction_complete.json"
+JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_QUALITY = 95
+
+
+def default_save_dir(dataset_dir):
+    """`/datasets/faces_emore/` -> `/datasets/faces_emore_112x112_folders`."""
+    return os.fspath(dataset_dir).rstrip("/\\") + "_112x112_folders"
+
+
+def read_property(dataset_dir):
+    """{"num_classes", "height", "width"} from `<dataset_dir>/property`, or None when there is none."""
+    path = os.path.join(dataset_dir, "property")
+    if not os.path.exists(path):
+        return None
+    with open(path) as ff:
+        text = ff.read().strip()
+    try:
+        num_classes, height, width = (int(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError("{}: expected 'num_classes,height,width', got {!r}".format(path, text)) from None
+    return {"num_classes": num_classes, "height": height, "width": width}
+
+
+def extract_recordio(dataset_dir, save_dir=None, limit=0):
+    """Write each image of `<dataset_dir>/train.rec` to `<save_dir>/<class>/<key>.jpg`, bytes unchanged.
+
+    `save_dir` defaults to `<dataset_dir>_112x112_folders`. Images already on disk are kept, and a
+    completion marker written last makes a second run return at once. `limit > 0` extracts only the
+    first `limit` images (a quick look; no completion marker). Returns `save_dir`.
+    Usage: save_dir = extract_recordio("/datasets/faces_emore")
+    """
+    dataset_dir = os.fspath(dataset_dir).rstrip("/\\") or "/"
+    save_dir = default_save_dir(dataset_dir) if save_dir is None else os.fspath(save_dir)
+    rec_path = os.path.join(dataset_dir, "train.rec")
+    marker_path = os.path.join(save_dir, COMPLETION_MARKER)
+    if os.path.exists(marker_path):
+        print(">>>> {} already extracted to {}, skipping dataset conversion".format(rec_path, save_dir))
+        return save_dir
+    if not os.path.exists(rec_path):
+        raise FileNotFoundError("{}: no such file, expected an MXNet RecordIO dataset folder holding train.rec / train.idx".format(rec_path))
+    properties = read_property(dataset_dir)
+
+    with recordio.RecordReader(rec_path) as reader:
+        print(">>>> Extracting {} -> {}".format(rec_path, save_dir))
+        if reader.idx_path is None:
+            print(">>>> No train.idx beside it: scanning {} sequentially".format(rec_path))
+        entries = recordio.index_images(reader)
+        if limit > 0:
+            entries = entries[:limit]
+        classes, written = set(), 0
+        for key, offset in tqdm(entries, desc="Extracting", unit="image"):
+            header, image = recordio.read_image(reader, offset)
+            label = recordio.class_of(header)
+            classes.add(label)
+            image_path = os.path.join(save_dir, str(label), "{}.jpg".format(key))
+            if not os.path.exists(image_path):
+                io_utils.atomic_write_bytes(image_path, image)
+                written += 1
+
+    print(">>>> {} images of {} classes in {} ({} written, {} already there)".format(
+        len(entries), len(classes), save_dir, written, len(entries) - written))
+    if limit > 0:
+        return save_dir
+    if properties is not None and properties["num_classes"] != len(classes):
+        raise ValueError("{}: property says num_classes={}, but the records hold {} classes".format(
+            os.path.join(dataset_dir, "property"), properties["num_classes"], len(classes)))
+    summary = {"source": os.path.abspath(rec_path), "num_images": len(entries), "num_classes": len(classes)}
+    io_utils.atomic_write_text(marker_path, json.dumps(summary, indent=1))
+    return save_dir
+
+
+def _is_jpeg_bytes(image):
+    return isinstance(image, bytes) and image.startswith(JPEG_MAGIC)
+
+
+def to_jpeg_bytes(image, where="image"):
+    """One `.bin` image (bytes, or a uint8 array of an encoded image) as JPEG bytes.
+
+    JPEG data is kept as is; any other encoding (PNG, BMP, ...) is decoded and re-encoded as JPEG.
+    `where` names the image in error messages.  Usage: data = to_jpeg_bytes(np_array_of_png)
+    """
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 1:
+        data = image.tobytes()
+    elif isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+    else:
+        raise TypeError("{}: expected encoded image bytes or a 1-D uint8 array, got {} {}".format(
+            where, type(image).__name__, getattr(image, "shape", "")))
+    if data.startswith(JPEG_MAGIC):
+        return data
+
+    import cv2
+
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ValueError("{}: {} bytes that no image decoder reads".format(where, len(data)))
+    ok, encoded = cv2.imencode(".jpg", decoded, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("{}: JPEG encoding failed".format(where))
+    return encoded.tobytes()
+
+
+def load_bin(path):
+    """(bins, issame_list) of an eval `.bin`, loaded through the restricted unpickler."""
+    loaded = io_utils.safe_load_pickle(path)
+    if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
+        raise ValueError("{}: expected a pickle of (bins, issame_list), got {}".format(path, type(loaded).__name__))
+    bins, issame_list = loaded
+    if len(bins) != 2 * len(issame_list):
+        raise ValueError("{}: expected two images per pair, got {} images for {} pairs".format(path, len(bins), len(issame_list)))
+    return bins, issame_list
+
+
+def convert_bin(path):
+    """Rewrite an eval `.bin` in place so that every image is plain JPEG bytes (pickle protocol 4).
+
+    A file already made of JPEG bytes is left untouched. Returns True when the file was rewritten.
+    Usage: convert_bin("/datasets/faces_emore/cfp_fp.bin")
+    """
+    bins, issame_list = load_bin(path)
+    if all(_is_jpeg_bytes(image) for image in bins):
+        print(">>>> {} already holds plain JPEG bytes, nothing to do".format(path))
+        return False
+    images = [to_jpeg_bytes(image, "{}, image {}".format(path, index)) for index, image in enumerate(tqdm(bins, desc="Converting", unit="image"))]
+    issame_list = [bool(issame) for issame in issame_list]
+    with io_utils.atomic_path(path) as tmp:
+        with open(tmp, "wb") as ff:
+            pickle.dump((images, issame_list), ff, protocol=4)
+    print(">>>> Converted {}: {} images, {} pairs, now plain JPEG bytes".format(path, len(images), len(issame_list)))
+    return True
+
+
+def resolve_bin_paths(dataset_dir, names):
+    """Paths of the `-T` files: relative to `dataset_dir` unless absolute; all must exist."""
+    paths = [name if os.path.isabs(name) else os.path.join(dataset_dir, name) for name in names]
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        raise FileNotFoundError("-T: no such .bin file: {}".format(", ".join(missing)))
+    return paths
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Extract an MXNet RecordIO face dataset to image folders, and make eval .bin files plain JPEG bytes.",
+        epilog="Running it again skips the images already extracted and the .bin files already converted.",
+    )
+    parser.add_argument("-D", "--dataset_dir", type=str, required=True, help="MXNet record dataset folder, holding train.rec / train.idx / property")
+    parser.add_argument("-S", "--save_dir", type=str, default=None, help="Output folder (default: <DATASET_DIR>_112x112_folders)")
+    parser.add_argument("-T", "--test_bins", nargs="*", default=[], help="Eval .bin files to convert, relative to DATASET_DIR unless absolute")
+    parser.add_argument("-L", "--limit", type=int, default=0, help="Extract only the first LIMIT images, for a quick look (default: 0, all)")
+    return parser.parse_args(argv)
+
+
+def prepare(dataset_dir, save_dir=None, test_bins=(), limit=0):
+    """What the command line does: convert the `test_bins` (names relative to `dataset_dir` unless
+    absolute), then extract the dataset (skipped when already done, or when `test_bins` are given
+    and there is no train.rec).  Usage: prepare("/datasets/faces_emore", test_bins=["cfp_fp.bin"])
+    """
+    for path in resolve_bin_paths(dataset_dir, test_bins):
+        convert_bin(path)
+    if test_bins and not os.path.exists(os.path.join(dataset_dir, "train.rec")):
+        print(">>>> No train.rec in {}, only the .bin files were converted".format(dataset_dir))
+        return None
+    return extract_recordio(dataset_dir, save_dir, limit)
+
+
+def main(argv=None):
+    """The command line; bad input ends it with a one-line error naming the file."""
+    args = parse_arguments(argv)
+    return cli.run("prepare_data.py", prepare, args.dataset_dir, args.save_dir, args.test_bins, args.limit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Model surgery: walk nested layers, add L2 regularizers, swap activations, copy weights by layer name.
+
+Usage:
+    from keras_insightface import surgery
+    basic_model = surgery.add_l2_regularizer_2_model(basic_model, 1e-3, apply_to_batch_normal=True)
+    basic_model = surgery.replace_ReLU_with_PReLU(basic_model)
+"""
+import keras
+
+
+def iter_layers(model):
+    """Every layer of `model`, descending into nested models (which are yielded too)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer)
+        yield layer
+
+
+def _copy_weights_by_name(source, target):
+    """Copy the weights of each `source` layer onto the `target` layer of the same name."""
+    source_layers = {layer.name: layer for layer in iter_layers(source)}
+    for layer in iter_layers(target):
+        if isinstance(layer, keras.Model) or not layer.weights:
+            continue
+        source_layer = source_layers.get(layer.name)
+        if source_layer is not None and len(source_layer.weights) == len(layer.weights):
+            layer.set_weights(source_layer.get_weights())
+    return target
+
+
+def _rebuild(model, convert_layer, custom_objects=None):
+    """A copy of `model` with every layer replaced by `convert_layer(layer)`, weights copied by layer name."""
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        new_model = keras.models.clone_model(model, clone_function=convert_layer, recursive=True)
+    return _copy_weights_by_name(model, new_model)
+
+
+KERNEL_REGULARIZER_KEYS = ("kernel_regularizer", "depthwise_regularizer", "pointwise_regularizer")
+
+
+def add_l2_regularizer_2_model(model, weight_decay, custom_objects={}, apply_to_batch_normal=False, apply_to_bias=False):
+    """A copy of `model` with L2(weight_decay / 2) on every kernel, weights unchanged.
+
+    Kernels: Dense / Conv / NormDense `kernel`, DepthwiseConv `depthwise`, SeparableConv both.
+    `apply_to_batch_normal` adds it to BatchNorm gamma and beta, `apply_to_bias` to biases.
+    The terms show in `model.losses`: sum == weight_decay / 2 * sum of squares.
+
+    Usage:
+        basic_model = add_l2_regularizer_2_model(basic_model, 1e-3, apply_to_batch_normal=True)  # L2(5e-4)
+    """
+    regularizer = keras.regularizers.L2(weight_decay / 2)
+
+    def convert_layer(layer):
+        config = layer.get_config()
+        keys = [key for key in KERNEL_REGULARIZER_KEYS if key in config]
+        if apply_to_bias and config.get("use_bias") and "bias_regularizer" in config:
+            keys.append("bias_regularizer")
+        if apply_to_batch_normal and isinstance(layer, keras.layers.BatchNormalization):
+            keys += ["gamma_regularizer"] if config["scale"] else []
+            keys += ["beta_regularizer"] if config["center"] else []
+        config.update({key: regularizer for key in keys})
+        return layer.__class__.from_config(config)
+
+    return _rebuild(model, convert_layer, custom_objects)
+
+
+def get_l2_regularizer_value(model):
+    """The L2 factor of the first L2-regularized kernel in `model`, or 0.  Usage: l2 = get_l2_regularizer_value(basic_model)"""
+    for layer in iter_layers(model):
+        for key in KERNEL_REGULARIZER_KEYS:
+            regularizer = getattr(layer, key, None)
+            if isinstance(regularizer, (keras.regularizers.L2, keras.regularizers.L1L2)) and float(regularizer.l2) > 0:
+                return float(regularizer.l2)
+    return 0
+
+
+def _is_relu(layer):
+    if isinstance(layer, keras.layers.ReLU):
+        return True
+    return isinstance(layer, keras.layers.Activation) and layer.get_config()["activation"] in ("relu", "relu6")
+
+
+def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
+    """A copy of `model` where every ReLU / ReLU6 layer becomes `target_activation`, other weights kept.
+
+    "PReLU" gives a PReLU sharing its slopes over the spatial axes (`shared_axes=[1, 2]` on 4D
+    maps) with slopes starting at 0, so the new model computes what the old one did until trained
+    (ReLU6 caps are dropped). Any other value is a Keras activation name (e.g. "swish").
+    `kwargs` go to the PReLU layers.
+
+    Usage:
+        basic_model = replace_ReLU_with_PReLU(basic_model)
+    """
+    target_name = target_activation if isinstance(target_activation, str) else "activation"
+
+    def convert_layer(layer):
+        if not _is_relu(layer):
+            return layer.__class__.from_config(layer.get_config())
+        name = layer.name.replace("relu", target_name.lower()) if "relu" in layer.name else layer.name + "_" + target_name.lower()
+        if target_name.lower() == "prelu":
+            rank = len(layer.output.shape)
+            prelu_kwargs = {"alpha_initializer": "zeros", "shared_axes": list(range(1, rank - 1)) or None, **kwargs}
+            return keras.layers.PReLU(name=name, **prelu_kwargs)
+        return keras.layers.Activation(target_activation, name=name)
+
+    return _rebuild(model, convert_layer)
+
+
+def set_batchnorm(model, bn_momentum, bn_epsilon):
+    for layer in iter_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum, layer.epsilon = bn_momentum, bn_epsilon

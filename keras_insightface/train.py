@@ -1,0 +1,534 @@
+#!/usr/bin/env python3
+"""Train: a scheduler that walks a list of training plans through compile / fit.
+
+Usage:
+    import keras, losses, train, models
+    basic_model = models.buildin_models("MobileNet", dropout=0, emb_shape=256, output_layer="GDC")
+    tt = train.Train("/datasets/faces_emore_112x112_folders", save_path="keras_mobilenet_emore.h5",
+                     eval_paths=["/datasets/faces_emore/lfw.bin"], basic_model=basic_model, lr_base=0.001, batch_size=512)
+    sch = [
+        {"loss": keras.losses.CategoricalCrossentropy(label_smoothing=0.1), "centerloss": 0.01, "optimizer": "adam", "epoch": 2},
+        {"loss": losses.ArcfaceLoss(), "epoch": 2, "triplet": 64, "alpha": 0.3},
+    ]
+    tt.train(sch, 0)
+
+Command line: `python train.py --demo` (or `keras-insightface-train --demo`) trains a small model on a generated
+identity dataset (see `run_demo`).
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import keras
+import tensorflow as tf
+
+from . import data
+from . import demo
+from . import evals
+from . import io_utils
+from . import losses
+from . import models
+from . import myCallbacks
+
+CHECKPOINTS_DIR = "checkpoints"
+SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
+
+# Loss classes whose type is known from the class; any other loss on cosine logits is "arcface",
+# any other Keras loss is "softmax".
+LOSS_TYPES = {
+    losses.CenterLoss: "center",
+    losses.BatchHardTripletLoss: "triplet",
+    losses.BatchAllTripletLoss: "triplet",
+}
+EMBEDDING_TYPES = ("center", "triplet")  # the model is the basic model itself: no classification head
+
+
+def guess_loss_type(loss):
+    """'softmax' / 'arcface' / 'triplet' / 'center' from a loss object or function."""
+    for loss_class, loss_type in LOSS_TYPES.items():
+        if isinstance(loss, loss_class):
+            return loss_type
+    if losses.is_margin_loss(loss):
+        return "arcface"
+    return "softmax"
+
+
+def _load_model(path, custom_objects):
+    """Load a saved `.h5` / `.keras` model, without its compile state (losses are set by each plan)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError("Model file not found: {}".format(path))
+    return keras.models.load_model(path, custom_objects=custom_objects, compile=False)
+
+
+def _load_optimizer(model_path, model, custom_objects):
+    """The optimizer of a checkpoint: with its state from the `_optimizer.npz` beside it, else freshly from the config."""
+    state_path = myCallbacks.optimizer_state_path(model_path)
+    if os.path.exists(state_path):
+        try:
+            return myCallbacks.restore_optimizer_state(state_path, model.trainable_variables)
+        except ValueError as error:
+            print(">>>> Optimizer state not restored:", error)
+    try:
+        optimizer = keras.models.load_model(model_path, custom_objects=custom_objects, compile=True).optimizer
+    except (ValueError, TypeError, KeyError):
+        return None
+    if optimizer is None:
+        return None
+    print(">>>> No optimizer state beside {}: restarting {} with its saved config".format(model_path, type(optimizer).__name__))
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+def _embedding_sub_model(model, embedding_layer):
+    """The basic model inside a full model: input -> the layer named / indexed by `embedding_layer`."""
+    if embedding_layer is None:
+        embedding_layer = "embedding"
+    layer = model.layers[embedding_layer] if isinstance(embedding_layer, int) else model.get_layer(embedding_layer)
+    return keras.Model(model.inputs[0], layer.output, name=model.name + "_basic")
+
+
+def _accuracy_without_norm(y_true, y_pred):
+    """Categorical accuracy of a head whose last column is the appended feature norm."""
+    return keras.metrics.categorical_accuracy(y_true, y_pred[:, :-1])
+
+
+class Train:
+    """Scheduler connecting basic model, output head, datasets, callbacks, losses and optimizers.
+
+    Initialising from different sources:
+        basic_model=model structure, model=None               -> scratch train
+        basic_model=saved basic model file, model=None        -> continue from a saved basic model
+        basic_model=None / "embedding" layer name or index,
+            model=saved model file                            -> continue from the last saved model
+        basic_model=None / layer name or index,
+            model=model structure                             -> continue from a modified model
+
+    Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
+    """
+
+    def __init__(
+        self,
+        data_path,
+        save_path,
+        eval_paths=[],
+        basic_model=None,
+        model=None,
+        compile=True,
+        output_weight_decay=1,
+        custom_objects={},
+        pretrained=None,
+        batch_size=128,
+        lr_base=0.001,
+        lr_decay=0.05,
+        lr_decay_steps=0,
+        lr_min=1e-6,
+        lr_warmup_steps=0,
+        eval_freq=1,
+        random_status=0,
+        random_crop=None,
+        image_per_class=0,
+        img_shape=None,
+        seed=None,
+        output_wd_multiply=None,
+    ):
+        if output_wd_multiply is not None:
+            output_weight_decay = output_wd_multiply
+        self._check_arguments(batch_size, output_weight_decay, lr_base)
+        self.strategy = tf.distribute.get_strategy()
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.batch_size = batch_size * self.num_replicas
+        if self.num_replicas > 1:
+            print(">>>> num_replicas_in_sync: {}, global batch_size: {}".format(self.num_replicas, self.batch_size))
+
+        self.save_path = os.path.join(CHECKPOINTS_DIR, save_path)
+        self.save_stem = os.path.splitext(os.path.basename(save_path))[0]
+        self.output_weight_decay = output_weight_decay
+        self.lr_base, self.lr_decay, self.lr_decay_steps = lr_base, lr_decay, lr_decay_steps
+        self.lr_min, self.lr_warmup_steps = lr_min, lr_warmup_steps
+        self.eval_freq, self.random_status, self.random_crop = eval_freq, random_status, random_crop
+        self.image_per_class, self.seed = image_per_class, seed
+
+        self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
+        self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
+        if pretrained:
+            print(">>>> Loading pretrained weights:", pretrained)
+            self.basic_model.load_weights(pretrained)
+        self.img_shape = tuple(img_shape or self.basic_model.input_shape[1:3])
+
+        self.data_path, self.train_ds = None, None
+        self.reset_dataset(data_path)
+
+        self._optimizer_variable_ids = {id(var) for var in self.model.trainable_variables} if self.optimizer else set()
+        self._dataset_fast_forwarded = False
+        self.center_loss = None
+        self.head_signature = self._current_head_signature()
+
+        self.my_evals = self._build_eval_callbacks(eval_paths)
+        self.my_hist = myCallbacks.My_history(os.path.join(CHECKPOINTS_DIR, self.save_stem + "_hist.json"), evals=self.my_evals)
+        self.gently_stop = myCallbacks.Gently_stop_callback()
+        self.nan_guard = myCallbacks.ExitOnNaN()
+
+    @staticmethod
+    def _check_arguments(batch_size, output_weight_decay, lr_base):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive integer, got {!r}".format(batch_size))
+        if output_weight_decay < 0:
+            raise ValueError("output_weight_decay must be >= 0, got {!r}".format(output_weight_decay))
+        if lr_base <= 0:
+            raise ValueError("lr_base must be > 0, got {!r}".format(lr_base))
+
+    # ---------------------------------------------------------------- models
+    def _init_models(self, basic_model, model, compile, custom_objects):
+        """Resolve the four initialisation rows of the basic_model / model table; returns the basic model."""
+        if isinstance(model, str):
+            print(">>>> Load model from:", model)
+            model_path, model = model, _load_model(model, custom_objects)
+            if compile:
+                self.optimizer = _load_optimizer(model_path, model, custom_objects)
+        elif model is not None and compile:
+            self.optimizer = getattr(model, "optimizer", None)
+        if model is not None:
+            self.model = model
+            self._adopt_heads_of(model)
+            if isinstance(basic_model, keras.Model):
+                return basic_model
+            return _embedding_sub_model(model, basic_model)
+        if isinstance(basic_model, str):
+            print(">>>> Load basic_model from:", basic_model)
+            basic_model = _load_model(basic_model, custom_objects)
+        if not isinstance(basic_model, keras.Model):
+            raise ValueError(
+                "basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model)
+            )
+        return basic_model
+
+    def _adopt_heads_of(self, model):
+        """Keep the output head and distill map layer of a loaded full model so their weights carry on."""
+        for layer in model.layers:
+            if isinstance(layer, models.NormDense) or layer.name == "softmax":
+                self.output_layer = layer
+            elif layer.name == "distill_emb_map_layer":
+                self.distill_map_layer = layer
+
+    def _output_regularizer(self):
+        if self.output_weight_decay == 0:
+            return None
+        if self.output_weight_decay < 1:
+            return keras.regularizers.L2(self.output_weight_decay / 2)
+        basic_l2 = models.get_l2_regularizer_value(self.basic_model)
+        return keras.regularizers.L2(basic_l2 * self.output_weight_decay) if basic_l2 > 0 else None
+
+    def _current_head_signature(self):
+        layer = self.output_layer
+        if layer is None:
+            return None
+        if isinstance(layer, models.NormDense):
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm)
+        return ("softmax", layer.units, 1, False)
+
+    def _output_head(self, loss_type, loss_top_k, append_norm):
+        """The classification layer for this plan: reused when unchanged, else built anew."""
+        signature = (loss_type, self.classes, loss_top_k, append_norm)
+        if signature == self.head_signature and self.output_layer is not None:
+            return self.output_layer
+        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}".format(*signature))
+        regularizer = self._output_regularizer()
+        if loss_type == "softmax":
+            layer = keras.layers.Dense(self.classes, name="softmax", activation="softmax", kernel_regularizer=regularizer, dtype="float32")
+        else:
+            layer = models.NormDense(
+                self.classes, kernel_regularizer=regularizer, loss_top_k=loss_top_k, append_norm=append_norm, name="NormDense", dtype="float32"
+            )
+        self.output_layer, self.head_signature = layer, signature
+        return layer
+
+    def _distill_output(self, embedding):
+        teacher_emb = self.teacher_emb_shape
+        if embedding.shape[-1] == teacher_emb:
+            return keras.layers.Identity(name="distill")(embedding)
+        if self.distill_map_layer is None or self.distill_map_layer.units != teacher_emb:
+            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer")
+        return self.distill_map_layer(embedding)
+
+    def _build_model(self, loss_type, loss_top_k, append_norm, with_center, with_triplet, with_distill):
+        """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
+        embedding = self.basic_model.outputs[0]
+        if loss_type in EMBEDDING_TYPES:
+            head = keras.layers.Identity(name=loss_type)
+        else:
+            head = self._output_head(loss_type, loss_top_k, append_norm)
+        outputs, kinds = [head(embedding)], ["label"]
+        for name, enabled in (("center", with_center), ("triplet", with_triplet)):
+            if enabled and loss_type != name:
+                outputs.append(keras.layers.Identity(name=name + "_embedding")(embedding))
+                kinds.append("label")
+        if with_distill:
+            outputs.append(self._distill_output(embedding))
+            kinds.append("embedding")
+        self.model = keras.Model(self.basic_model.inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
+        self.output_kinds = kinds
+
+    # ---------------------------------------------------------------- data
+    def reset_dataset(self, data_path, image_per_class=None):
+        """(Re)build the training dataset, e.g. after sub-center cleaning.  Usage: tt.reset_dataset(new_npz)"""
+        image_per_class = self.image_per_class if image_per_class is None else image_per_class
+        self.data_path, self.dataset_image_per_class = data_path, image_per_class
+        self._dataset_fast_forwarded = False
+        self.train_ds, self.steps_per_epoch = data.prepare_dataset(
+            data_path,
+            batch_size=self.batch_size,
+            img_shape=self.img_shape,
+            random_status=self.random_status,
+            random_crop=self.random_crop,
+            image_per_class=image_per_class,
+            seed=self.seed,
+        )
+        label_spec = self.train_ds.element_spec[1]
+        self.has_embeddings = isinstance(label_spec, tuple)
+        label_spec, emb_spec = label_spec if self.has_embeddings else (label_spec, None)
+        self.classes = int(label_spec.shape[-1])
+        self.teacher_emb_shape = int(emb_spec.shape[-1]) if emb_spec is not None else None
+        print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
+
+    def _ensure_triplet_dataset(self):
+        if self.dataset_image_per_class <= 0:
+            self.reset_dataset(self.data_path, image_per_class=self.image_per_class or 4)
+
+    def _training_dataset(self):
+        """Map dataset labels onto the model outputs: (x, y) or (x, (y, emb)) -> (x, targets)."""
+        kinds, has_embeddings = tuple(self.output_kinds), self.has_embeddings
+
+        def to_targets(images, labels):
+            label, embedding = labels if has_embeddings else (labels, None)
+            targets = tuple(embedding if kind == "embedding" else label for kind in kinds)
+            return images, targets if len(targets) > 1 else targets[0]
+
+        return self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # ---------------------------------------------------------------- compile
+    def _resolve_optimizer(self, optimizer):
+        if optimizer is None:
+            if self.optimizer is None:
+                raise ValueError("The first training plan needs an 'optimizer' (a name like 'adam' or a keras optimizer)")
+            return self.optimizer
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+            optimizer.learning_rate = self.lr_base
+        return optimizer
+
+    def _optimizer_for_current_model(self, optimizer):
+        """A built Keras optimizer only updates the variables it was built with: renew it when they grew."""
+        variable_ids = {id(var) for var in self.model.trainable_variables}
+        if getattr(optimizer, "built", False) and not variable_ids <= self._optimizer_variable_ids:
+            print(">>>> Trainable variables changed, renewing the optimizer state")
+            optimizer = optimizer.__class__.from_config(optimizer.get_config())
+        if not getattr(optimizer, "built", False):
+            self._optimizer_variable_ids = variable_ids
+        return optimizer
+
+    def _center_loss(self):
+        if self.center_loss is None:
+            centers_file = os.path.join(CHECKPOINTS_DIR, self.save_stem + "_centers.npy")
+            emb_shape = int(self.basic_model.outputs[0].shape[-1])
+            self.center_loss = losses.CenterLoss(self.classes, emb_shape=emb_shape, initial_file=centers_file)
+        return self.center_loss
+
+    def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
+        losses_list, weights = [loss], [1.0]
+        if loss_type == "center":
+            self.center_loss = loss
+        if centerloss and loss_type != "center":
+            losses_list.append(self._center_loss())
+            weights.append(float(centerloss))
+        if triplet and loss_type != "triplet":
+            losses_list.append(losses.BatchHardTripletLoss(alpha=alpha))
+            weights.append(float(triplet))
+        if distill:
+            losses_list.append(losses.distiller_loss_cosine)
+            weights.append(float(distill))
+        metrics = self._metrics(loss_type, len(losses_list))
+        self.optimizer = self._optimizer_for_current_model(self.optimizer)
+        if len(losses_list) == 1:
+            self.model.compile(optimizer=self.optimizer, loss=loss, metrics=metrics[0])
+        else:
+            self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics)
+
+    def _metrics(self, loss_type, num_outputs):
+        if loss_type in EMBEDDING_TYPES:
+            main = []
+        elif isinstance(self.output_layer, models.NormDense) and self.output_layer.append_norm:
+            main = [keras.metrics.MeanMetricWrapper(_accuracy_without_norm, name="accuracy")]
+        else:
+            main = ["accuracy"]
+        return [main] + [[] for _ in range(num_outputs - 1)]
+
+    # ---------------------------------------------------------------- callbacks
+    def _build_eval_callbacks(self, eval_paths):
+        callbacks = []
+        for id, eval_path in enumerate(eval_paths):
+            save_model = self.save_stem if id == len(eval_paths) - 1 else None
+            callbacks.append(evals.eval_callback(self.basic_model, eval_path, batch_size=self.batch_size, save_model=save_model, eval_freq=self.eval_freq))
+        return callbacks
+
+    def _callbacks(self):
+        lr_scheduler = myCallbacks.build_lr_scheduler(
+            self.lr_base, self.lr_decay, self.lr_decay_steps, self.lr_min, self.lr_warmup_steps, self.steps_per_epoch
+        )
+        callbacks = [lr_scheduler, *self.my_evals, self.my_hist, myCallbacks.ModelCheckpointAtomic(self.save_path), self.nan_guard, self.gently_stop]
+        if hasattr(self.optimizer, "decoupled_weight_decay"):
+            is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
+            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
+        if self.center_loss is not None and any(loss is self.center_loss for loss in self._compiled_losses()):
+            callbacks.append(myCallbacks.CenterlossCallback(self.center_loss, os.path.join(CHECKPOINTS_DIR, self.save_stem + "_centers.npy")))
+        return callbacks
+
+    def _compiled_losses(self):
+        loss = self.model.loss
+        return loss if isinstance(loss, (list, tuple)) else [loss]
+
+    # ---------------------------------------------------------------- training
+    def train_single_scheduler(
+        self,
+        loss=None,
+        epoch=0,
+        initial_epoch=0,
+        optimizer=None,
+        bottleneckOnly=False,
+        centerloss=0,
+        triplet=0,
+        alpha=0.35,
+        lossTopK=1,
+        distill=None,
+        type=None,
+    ):
+        """Train one plan for `epoch` epochs starting at `initial_epoch`.  Usage: tt.train_single_scheduler(losses.ArcfaceLoss(), 2)"""
+        if loss is None:
+            raise ValueError("A training plan needs a 'loss'")
+        if not isinstance(epoch, int) or epoch < 1:
+            raise ValueError("A training plan needs 'epoch' as a positive integer, got {!r}".format(epoch))
+        loss_type = type or guess_loss_type(loss)
+        if distill is not None and not self.has_embeddings:
+            raise ValueError("'distill' needs a dataset carrying teacher embeddings (data_distiller.py output), got {}".format(self.data_path))
+        distill = (7 if distill is None else distill) if self.has_embeddings else 0
+        if triplet or loss_type == "triplet":
+            self._ensure_triplet_dataset()
+
+        self.optimizer = self._resolve_optimizer(optimizer)
+        append_norm = losses.needs_feature_norm(loss)
+        self._build_model(loss_type, lossTopK, append_norm, bool(centerloss), bool(triplet), bool(distill))
+        self.basic_model.trainable = not bottleneckOnly
+        self._compile(loss, loss_type, centerloss, triplet, alpha, distill)
+        print(
+            ">>>> Train {}, loss: {}, epochs {} -> {}{}".format(
+                loss_type, getattr(loss, "name", getattr(loss, "__name__", loss)), initial_epoch, initial_epoch + epoch,
+                ", bottleneckOnly" if bottleneckOnly else "",
+            )
+        )
+        self._continue_from_epoch(initial_epoch)
+        with warnings.catch_warnings():
+            # The dataset is finite and shuffled by data.py; its length may shrink by skipped corrupt images.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            history = self.model.fit(
+                self._training_dataset(),
+                epochs=initial_epoch + epoch,
+                initial_epoch=initial_epoch,
+                callbacks=self._callbacks(),
+                shuffle=False,
+                verbose=1,
+            )
+        self.basic_model.trainable = True
+        return history
+
+    def _continue_from_epoch(self, initial_epoch):
+        """Align history, best eval accuracies and the data order with a run that reached `initial_epoch`."""
+        self.my_hist.set_initial_epoch(initial_epoch)
+        for eval_callback in self.my_evals:
+            previous = [acc for acc in self.my_hist.history.get(eval_callback.test_names, []) if acc is not None]
+            eval_callback.max_accuracy = max([eval_callback.max_accuracy, *previous])
+        if not self._dataset_fast_forwarded:
+            # Each new iterator of the dataset draws the next epoch's shuffle and augmentation seeds.
+            for _ in range(initial_epoch):
+                iter(self.train_ds)
+            self._dataset_fast_forwarded = True
+
+    def train(self, train_schedule, initial_epoch=0):
+        """Walk the list of plans; `initial_epoch` skips the epochs already trained.  Usage: tt.train(sch, 0)"""
+        train_schedule = [train_schedule] if isinstance(train_schedule, dict) else list(train_schedule)
+        for plan in train_schedule:
+            self._check_plan(plan)
+        start_epoch = 0
+        for plan in train_schedule:
+            end_epoch = start_epoch + plan["epoch"]
+            if end_epoch <= initial_epoch:
+                start_epoch = end_epoch
+                continue
+            kwargs = {key: value for key, value in plan.items() if key != "epoch"}
+            first_epoch = max(start_epoch, initial_epoch)
+            self.train_single_scheduler(epoch=end_epoch - first_epoch, initial_epoch=first_epoch, **kwargs)
+            start_epoch = end_epoch
+            if self.model.stop_training:
+                print(">>>> Training stopped before the schedule ended")
+                break
+        if not self.my_evals:
+            self._save_latest_basic_model()
+
+    @staticmethod
+    def _check_plan(plan):
+        if not isinstance(plan, dict):
+            raise ValueError("Each training plan must be a dict, got {!r}".format(plan))
+        unknown = set(plan) - set(SCHEDULE_KEYS)
+        if unknown:
+            raise ValueError("Unknown training plan keys {}; known keys: {}".format(sorted(unknown), SCHEDULE_KEYS))
+        for key in ("loss", "epoch"):
+            if key not in plan:
+                raise ValueError("Training plan {} is missing the required key '{}'".format(plan, key))
+
+    def _save_latest_basic_model(self):
+        path = os.path.join(CHECKPOINTS_DIR, self.save_stem + "_basic_model_latest.h5")
+        with io_utils.atomic_path(path) as tmp:
+            self.basic_model.save(tmp)
+        print(">>>> Saved basic model:", path)
+
+
+def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0):
+    """The built-in demo: generated identities (demo.py), a tiny backbone, an ArcFace schedule through `Train`.
+
+    Returns the best verification accuracy on pairs of held-out identities.
+    Usage: python train.py --demo   (or run_demo("demo_data", epochs=6))
+    """
+    keras.utils.set_random_seed(seed)
+    train_dir, bin_path = demo.make_demo_dataset(data_dir, seed=seed)
+    basic_model = models.buildin_models(demo.tiny_backbone(), dropout=0, emb_shape=64, output_layer="GDC")
+    tt = Train(
+        train_dir, save_path="demo_tiny_arcface.h5", eval_paths=[bin_path], basic_model=basic_model,
+        batch_size=batch_size, lr_base=0.01, lr_decay=0.5, lr_decay_steps=[epochs // 2 + 1], random_status=0, seed=seed,
+    )
+    schedule = [
+        {"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)},
+        {"loss": losses.ArcfaceLoss(scale=32), "epoch": epochs - 1},
+    ]
+    tt.train(schedule, 0)
+    best = tt.my_evals[-1].max_accuracy
+    print(">>>> Demo done: held-out identities verification max accuracy {:.4f} (chance is 0.5)".format(best))
+    return best
+
+
+def main(argv=None):
+    """The training command line: `python train.py --demo` (console script keras-insightface-train)."""
+    parser = argparse.ArgumentParser(description="Keras InsightFace training entry point", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--demo", action="store_true", help="Train a small model on a generated identity dataset and print evaluation accuracy")
+    parser.add_argument("--data_dir", default="demo_data", help="Where the demo dataset is generated")
+    parser.add_argument("--epochs", type=int, default=6, help="Demo training epochs (>= 2)")
+    parser.add_argument("--batch_size", type=int, default=32, help="Demo batch size")
+    args = parser.parse_args(argv)
+    if not args.demo:
+        parser.print_help()
+        return 0
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2")
+    run_demo(args.data_dir, epochs=args.epochs, batch_size=args.batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
