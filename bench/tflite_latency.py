@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from keras_insightface import export  # noqa: E402
+from keras_insightface import export, face_io  # noqa: E402
 from keras_insightface import io_utils  # noqa: E402
 from keras_insightface import models  # noqa: E402
 from bench_common import machine  # noqa: E402
@@ -106,7 +106,7 @@ def calibrate_batchnorm(model, faces):
     momentums = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.0
-    model(export.normalize(faces), training=True)
+    model(face_io.normalize(faces), training=True)
     for layer, momentum in zip(layers, momentums):
         layer.momentum = momentum
     return model
@@ -128,7 +128,7 @@ def measure_row(table, row, args, faces, cache):
     model, content = cache[key]
     name = "tflite/{}/{}/{}".format(table, backbone, label.replace(" ", "_"))
     records = [dict(name=name, metric="size", value=round(len(content) / 2**20, 4), unit="MB")]
-    check = export.run_tflite(export.make_tflite_interpreter(content, use_xnnpack=xnn), export.normalize(faces[: args.parity_images]))
+    check = export.run_tflite(export.make_tflite_interpreter(content, use_xnnpack=xnn), face_io.normalize(faces[: args.parity_images]))
     cosines = export.cosine_similarities(export.keras_embeddings(model, faces[: args.parity_images]), check)
     records.append(dict(name=name, metric="cosine_min_vs_keras", value=round(float(cosines.min()), 6), unit="cosine"))
     for threads in args.threads:

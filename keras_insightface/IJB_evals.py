@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from . import cli
+from . import cli, face_io
 from .io_utils import atomic_path, atomic_write_text
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -268,11 +268,9 @@ def align_face(image, landmark):
 
 def load_aligned_face(path, landmark):
     """Read an image file as RGB and align it.  Usage: face = load_aligned_face("loose_crop/1.jpg", lmk)"""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("{}: not a readable image".format(path))
+    image = face_io.read_image(path)
     try:
-        return align_face(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), landmark)
+        return align_face(image, landmark)
     except ValueError as error:
         raise ValueError("{}: {}".format(path, error)) from None
 
@@ -313,13 +311,6 @@ def parse_scenario(name):
     if name not in ALL_SCENARIOS:
         raise ValueError("scenario must be one of {}, got {!r}".format(ALL_SCENARIOS, name))
     return {"use_norm_score": name[1] == "1", "use_detector_score": name[3] == "1", "use_flip_test": name[5] == "1"}
-
-
-def l2_normalize(feats, epsilon=1e-12):
-    """Rows divided by their L2 norm, in place for float32 input.  Usage: feats = l2_normalize(feats)"""
-    feats = np.asarray(feats, dtype="float32")
-    feats /= np.maximum(np.sqrt(np.einsum("ij,ij->i", feats, feats)), epsilon)[:, None]
-    return feats
 
 
 def _row_norms(embs, embs_f=None, chunk=1 << 16):
@@ -380,7 +371,7 @@ def template_features(img_feats, templates, medias):
     Usage: template_ids, feats = template_features(image_features(embs, ...), meta.templates, meta.medias)
     """
     template_ids, matrix = aggregation_matrix(templates, medias)
-    return template_ids, l2_normalize(matrix @ np.asarray(img_feats, dtype="float32"))
+    return template_ids, face_io.l2_normalize(matrix @ np.asarray(img_feats, dtype="float32"), dtype="float32")
 
 
 def scenario_template_features(matrix, embs, embs_f=None, face_scores=None, scenario=DEFAULT_SCENARIO):
@@ -395,7 +386,7 @@ def scenario_template_features(matrix, embs, embs_f=None, face_scores=None, scen
     feats = np.asarray(scaled @ embs, dtype="float32")
     if flags["use_flip_test"]:
         feats += scaled @ embs_f
-    return l2_normalize(feats)
+    return face_io.l2_normalize(feats, dtype="float32")
 
 
 def _compact(index, size):

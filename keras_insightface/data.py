@@ -21,30 +21,19 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from . import face_io
 from .io_utils import atomic_path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CACHE_SUFFIX = "_shuffle.npz"
 SIGNATURE_VERSION = "folder-scan-v1"
 TFRECORD_DTYPES = {"float16": tf.float16, "float32": tf.float32}
 _CACHE_WARNED = set()
 
 
-def normalize_image(images):
-    """Map uint8-range pixels to [-1, 1): `(x - 127.5) * 0.0078125`.  Usage: x = normalize_image(uint8_batch)"""
-    if isinstance(images, np.ndarray):
-        return (images.astype("float32") - 127.5) * 0.0078125
-    return (tf.cast(images, tf.float32) - 127.5) * 0.0078125
-
-
 # ---------------------------------------------------------------- folder scanning and its cache
 def cache_path_of(data_path):
     """Where the scan of folder `data_path` is cached.  Usage: cache_path_of("/d/faces/") -> "/d/faces_shuffle.npz" """
     return os.path.normpath(os.fspath(data_path)).rstrip(os.sep) + CACHE_SUFFIX
-
-
-def _is_image_file(name):
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _class_dirs(root):
@@ -78,7 +67,7 @@ def _scan_folder(root):
     per_class, empty = [], []
     for entry in tqdm(_class_dirs(root), desc="Scanning " + os.path.basename(root), unit="class"):
         with os.scandir(entry.path) as files:
-            names = sorted(ff.name for ff in files if ff.is_file() and _is_image_file(ff.name))
+            names = sorted(ff.name for ff in files if ff.is_file() and face_io.is_image_file(ff.name))
         if names:
             per_class.append((entry.name, [os.path.join(entry.path, name) for name in names]))
         else:
@@ -136,7 +125,7 @@ def _glob_folder(root, image_names_reg, image_classes_rule):
     import glob
 
     pattern = os.path.join(os.path.abspath(root), image_names_reg or os.path.join("*", "*"))
-    image_names = np.array(sorted(path for path in glob.glob(pattern) if _is_image_file(path)))
+    image_names = np.array(sorted(path for path in glob.glob(pattern) if face_io.is_image_file(path)))
     if image_names.size == 0:
         raise ValueError("{}: no images match '{}'".format(root, pattern))
     if image_classes_rule is not None:
@@ -278,7 +267,7 @@ def make_augment(random_status=0, seed=None):
 # ---------------------------------------------------------------- decoding
 def _load_image(path, img_shape):
     """Read and decode one image file to uint8 [H, W, 3], resized when its size differs from img_shape."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = face_io.decode_image_tf(tf.io.read_file(path))
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], img_shape))
     image = tf.cond(
         same_size,
@@ -444,7 +433,7 @@ def _batch_finisher(num_classes, augment, jit_compile, random_crop=None):
 
     def augment_and_normalize(images, seed):
         images = tf.cast(images, tf.float32)
-        return normalize_image(images if augment is None else augment(images, seed))
+        return face_io.normalize(images if augment is None else augment(images, seed))
 
     if jit_compile:  # XLA fuses the uint8 -> float32 cast, augmentation and normalization into a few passes
         augment_and_normalize = tf.function(augment_and_normalize, jit_compile=True)

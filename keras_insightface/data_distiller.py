@@ -32,13 +32,12 @@ def default_dest_file(data_path, emb_shape, use_fp16, save_npz):
 
 def extract_embeddings(teacher, image_names, batch_size=256, img_shape=(112, 112), use_fp16=False):
     """Normalized teacher embeddings of every image, in order, as float16 or float32."""
-    from . import data
-    from . import evals
+    from . import data, face_io
 
     dtype = np.float16 if use_fp16 else np.float32
     batches = data.image_batches_uint8(image_names, img_shape=img_shape, batch_size=batch_size)
     total = (len(image_names) + batch_size - 1) // batch_size
-    outputs = [evals.l2_normalize(teacher(batch)).astype(dtype) for batch in tqdm(batches, total=total, desc="Embedding")]
+    outputs = [face_io.l2_normalize(teacher(batch)).astype(dtype) for batch in tqdm(batches, total=total, desc="Embedding")]
     return np.concatenate(outputs)
 
 

@@ -74,9 +74,7 @@ def data_drop_top_k(model, data_path, dest_file=None, deg_thresh=75, limit=0, ba
     """Clean `data_path` with the sub-centers of `model` (a full model or its file); returns the new `.npz` path."""
     import keras
 
-    from . import data
-    from . import evals
-    from . import models  # noqa: F401  (registers NormDense for loading)
+    from . import data, face_io
 
     if not 0 <= deg_thresh <= 180:
         raise ValueError("deg_thresh must be in [0, 180] degrees, got {}".format(deg_thresh))
@@ -91,7 +89,7 @@ def data_drop_top_k(model, data_path, dest_file=None, deg_thresh=75, limit=0, ba
 
     basic_model = _embedding_model(model)
     image_batches = data.image_batches_uint8(image_names, img_shape=basic_model.input_shape[1:3], batch_size=batch_size)
-    embeddings = np.concatenate([evals.embed_images(basic_model, batch, batch_size=batch_size, flip=False) for batch in image_batches])
+    embeddings = np.concatenate([face_io.embed_images(basic_model, batch, batch_size=batch_size, flip=False) for batch in image_batches])
     kernel = keras.ops.convert_to_numpy(head.w)
     cosines = sub_center_cosines(embeddings, kernel, image_classes, head.loss_top_k)
     keep = select_kept_images(cosines, image_classes, num_classes, deg_thresh)

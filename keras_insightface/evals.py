@@ -11,124 +11,15 @@ Usage:
 import glob
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import keras
 import numpy as np
-from tqdm import tqdm
 
-from . import io_utils
+from . import face_io, io_utils
+from .face_io import l2_normalize
 
 CHECKPOINT_DIR = "checkpoints"
 VAL_FAR_TARGET = 1e-3
-
-
-# ---------------------------------------------------------------- .bin files
-
-
-def _decode_image(image, path, index):
-    """One `.bin` entry (JPEG bytes, or a uint8 array holding the encoded file) -> uint8 RGB array."""
-    if isinstance(image, (bytes, bytearray)):
-        buffer = np.frombuffer(image, dtype=np.uint8)
-    elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 1:
-        buffer = image
-    else:
-        raise ValueError(
-            "{}: image {} is a {}, expected encoded image bytes or a 1-D uint8 array of an encoded image".format(
-                path, index, type(image).__name__
-            )
-        )
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
-    if decoded is None:
-        raise ValueError("{}: image {} ({} bytes) could not be decoded as an image".format(path, index, buffer.size))
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
-def _check_pairs(content, path):
-    """Validate the `(bins, issame_list)` layout and return it as (list of images, bool array)."""
-    if not isinstance(content, (tuple, list)) or len(content) != 2:
-        raise ValueError("{}: expected a pickled pair (bins, issame_list), got {}".format(path, type(content).__name__))
-    bins, issame = content
-    if not isinstance(bins, (tuple, list, np.ndarray)) or not isinstance(issame, (tuple, list, np.ndarray)):
-        raise ValueError("{}: expected bins and issame_list to be sequences".format(path))
-    if len(bins) == 0:
-        raise ValueError("{}: holds no image pairs".format(path))
-    if len(bins) % 2 != 0:
-        raise ValueError("{}: holds an odd number of images ({}), expected two per pair".format(path, len(bins)))
-    if len(bins) != 2 * len(issame):
-        raise ValueError(
-            "{}: holds {} images for {} issame labels, expected two images per label".format(path, len(bins), len(issame))
-        )
-    issame = np.asarray(issame)
-    if issame.size and not np.isin(issame, (0, 1)).all():
-        raise ValueError("{}: issame_list holds values other than True / False".format(path))
-    return bins, issame.astype(bool)
-
-
-def load_bin(path, image_size=(112, 112)):
-    """Read an insightface verification `.bin`: images decoded to uint8 RGB, resized to `image_size` if needed.
-
-    Accepts JPEG bytes (LFW) and uint8 arrays of encoded images (CFP-FP, AgeDB-30), Python 2 pickles too,
-    through a restricted unpickler that refuses anything able to run code.
-    Usage: images, issame = load_bin("lfw.bin")  # images [2N, 112, 112, 3] uint8, issame [N] bool
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError("{}: no such .bin file".format(path))
-    bins, issame = _check_pairs(io_utils.safe_load_pickle(path, encoding="bytes"), path)
-    height, width = image_size
-
-    def decode_resized(index):
-        decoded = _decode_image(bins[index], path, index)
-        if decoded.shape[:2] != (height, width):
-            decoded = cv2.resize(decoded, (width, height), interpolation=cv2.INTER_AREA)
-        return decoded
-
-    images = np.empty((len(bins), height, width, 3), dtype=np.uint8)
-    with ThreadPoolExecutor() as pool:  # cv2 releases the GIL while decoding
-        decoded_images = pool.map(decode_resized, range(len(bins)))
-        for index, decoded in enumerate(tqdm(decoded_images, "Loading " + os.path.basename(path), len(bins), leave=False)):
-            images[index] = decoded
-    return images, issame
-
-
-# ---------------------------------------------------------------- embeddings
-
-
-def l2_normalize(embeddings, epsilon=1e-12):
-    """Rows scaled to unit L2 norm.  Usage: normed = l2_normalize(np.array([[3.0, 4.0]]))"""
-    embeddings = np.asarray(embeddings, dtype="float64")
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), epsilon)
-
-
-def _embedding_function(basic_model, image_shape, flip=True):
-    """A compiled `uint8 batch of image_shape -> embedding` function: normalize, run the model, add the flipped run."""
-    import tensorflow as tf
-
-    def embed(images):
-        inputs = (tf.cast(images, "float32") - 127.5) * 0.0078125
-        embedding = basic_model(inputs, training=False)
-        if flip:
-            embedding = embedding + basic_model(tf.reverse(inputs, axis=[2]), training=False)
-        return embedding
-
-    return tf.function(embed, input_signature=[tf.TensorSpec((None, *image_shape), tf.uint8)])
-
-
-def _run_batches(embed_function, images, batch_size, desc):
-    steps = range(0, len(images), batch_size)
-    batches = [np.asarray(embed_function(images[start : start + batch_size])) for start in tqdm(steps, desc, leave=False)]
-    return np.concatenate(batches, axis=0) if batches else np.zeros((0, 0), dtype="float32")
-
-
-def embed_images(basic_model, images_uint8, batch_size=128, flip=True):
-    """Embeddings of uint8 RGB images, L2-normalized; with `flip` the mirrored image's embedding is added first.
-
-    Usage: embs = embed_images(basic_model, images, batch_size=64)  # [len(images), emb_size]
-    """
-    embed_function = _embedding_function(basic_model, np.shape(images_uint8)[1:], flip=flip)
-    return l2_normalize(_run_batches(embed_function, images_uint8, batch_size, "Embedding"))
 
 
 # ---------------------------------------------------------------- metrics
@@ -267,21 +158,12 @@ class eval_callback(keras.callbacks.Callback):
     def __init__(self, basic_model, test_bin_file, batch_size=128, save_model=None, eval_freq=1, flip=True, PCA_acc=False):
         super().__init__()
         self.test_names = os.path.splitext(os.path.basename(test_bin_file))[0]
-        self.images, self.test_issame = load_bin(test_bin_file, image_size=_model_image_size(basic_model))
+        self.images, self.test_issame = face_io.load_bin(test_bin_file, image_size=_model_image_size(basic_model))
         self.basic_model = basic_model
         self.batch_size, self.save_model, self.eval_freq = batch_size, save_model, eval_freq
         self.flip, self.PCA_acc = flip, PCA_acc
         self.max_accuracy, self.cur_acc, self.acc_thresh = 0.0, 0.0, 0.0
         self.is_improved, self.embs, self.cur_epoch = False, None, 0
-
-    @property
-    def basic_model(self):
-        return self._basic_model
-
-    @basic_model.setter
-    def basic_model(self, model):
-        """Replacing the model (as a training schedule may) drops the compiled embedding function."""
-        self._basic_model, self._embed_function = model, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.cur_epoch = epoch
@@ -296,9 +178,8 @@ class eval_callback(keras.callbacks.Callback):
 
     def predict_embeddings(self):
         """Summed (with flip) but not normalized embeddings of all images."""
-        if self._embed_function is None:
-            self._embed_function = _embedding_function(self.basic_model, self.images.shape[1:], flip=self.flip)
-        return _run_batches(self._embed_function, self.images, self.batch_size, "Evaluating " + self.test_names)
+        embed = face_io.embedding_function(self.basic_model, self.images.shape[1:], flip=self.flip)
+        return face_io.run_batches(embed, self.images, self.batch_size, "Evaluating " + self.test_names)
 
     def evaluate_and_save(self, step_name):
         """Score the current model, print the `>>>>` lines, save on improvement. `step_name` is e.g. "3" or "3_batch_1000"."""

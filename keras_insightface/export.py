@@ -31,13 +31,10 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from . import cli, io_utils, surgery
+from . import cli, face_io, io_utils, surgery
 
 FORMATS = ("tflite", "onnx")
 MODEL_EXTENSIONS = (".h5", ".keras")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-KERAS_NORM = (127.5, 128.0)  # (mean, std) the Keras models are trained with
-INSIGHTFACE_NORM = (127.5, 127.5)  # what insightface tools feed an NCHW ONNX model
 PARITY_THRESHOLDS = {"float32": 0.9999, "float16": 0.999, "onnx": 0.9999}  # min cosine; others only report
 DEFAULT_ONNX_OPSET = 13  # runs on every onnxruntime release of the last years, CPU provider included
 PARITY_BATCH = 32
@@ -95,14 +92,11 @@ def load_basic_model(model_or_path):
 
 # ---------------------------------------------------------------- images for calibration and parity
 def _read_image(path, image_size):
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
+    """The image, or None when the file is not a readable image (counted and skipped by the caller)."""
+    try:
+        return face_io.read_image(path, tuple(image_size))
+    except (OSError, ValueError):
         return None
-    if image.shape[:2] != tuple(image_size):
-        image = cv2.resize(image, tuple(image_size)[::-1], interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _evenly_spaced(items, count):
@@ -113,10 +107,10 @@ def _evenly_spaced(items, count):
 
 def _load_folder_images(folder, count, image_size):
     paths = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
+        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if face_io.is_image_file(name)
     )
     if not paths:
-        raise ValueError("{}: no images ({}) found in the folder or its sub-folders".format(folder, ", ".join(IMAGE_EXTENSIONS)))
+        raise ValueError("{}: no images ({}) found in the folder or its sub-folders".format(folder, ", ".join(face_io.IMAGE_EXTENSIONS)))
     images, skipped = [], 0
     for path in tqdm(_evenly_spaced(paths, count), desc="Loading " + os.path.basename(os.path.normpath(folder)), leave=False):
         image = _read_image(path, image_size)
@@ -147,21 +141,13 @@ def load_images(source, count=None, image_size=(112, 112)):
         raise FileNotFoundError("{}: no such image folder or .bin file".format(path))
     if not path.endswith(".bin"):
         raise ValueError("{}: expected an image folder or an insightface .bin file".format(path))
-    from . import evals
-
-    images, _ = evals.load_bin(path, image_size=tuple(image_size))
+    images, _ = face_io.load_bin(path, image_size=tuple(image_size))
     return np.asarray(_evenly_spaced(list(images), count), dtype=np.uint8)
 
 
 def synthetic_images(count, image_size=(112, 112), seed=0):
     """Random-noise uint8 images, the parity fallback when no real faces are given.  Usage: synthetic_images(16)"""
     return np.random.default_rng(seed).integers(0, 256, size=(count, *image_size, 3), dtype=np.uint8)
-
-
-def normalize(images, norm=KERAS_NORM):
-    """uint8 images -> float32 `(x - mean) / std`.  Usage: normalize(images)"""
-    mean, std = norm
-    return ((np.asarray(images, dtype="float32") - mean) / std).astype("float32")
 
 
 def _source_name(source):
@@ -175,12 +161,8 @@ def _verification_inputs(representative_data, bin_file, count, image_size, repre
     """
     pairs = None
     if bin_file is not None:
-        from . import evals
-
         bin_file = os.fspath(bin_file)
-        if not os.path.isfile(bin_file):
-            raise FileNotFoundError("{}: no such .bin file".format(bin_file))
-        pairs = (*evals.load_bin(bin_file, image_size=tuple(image_size)), os.path.basename(bin_file))
+        pairs = (*face_io.load_bin(bin_file, image_size=tuple(image_size)), os.path.basename(bin_file))
     if representative_data is not None:
         images, name = load_images(representative_data, count, image_size), representative_name or _source_name(representative_data)
     elif pairs is not None:
@@ -193,11 +175,11 @@ def _verification_inputs(representative_data, bin_file, count, image_size, repre
 
 # ---------------------------------------------------------------- running the models
 def keras_embeddings(model, images):
-    """float32 embeddings of uint8 images by the Keras model.  Usage: keras_embeddings(basic_model, images)"""
-    serve = _serving_function(model, tuple(model.inputs[0].shape[1:]))
-    inputs = normalize(images)
-    batches = [np.asarray(serve(inputs[start : start + PARITY_BATCH])) for start in range(0, len(inputs), PARITY_BATCH)]
-    return np.concatenate(batches, axis=0).reshape(len(images), -1).astype("float32")
+    """float32 embeddings of uint8 images by the Keras model (face_io's function, no flip, not L2-normalized).
+
+    Usage: keras_embeddings(basic_model, images)
+    """
+    return face_io.embed_images(model, np.asarray(images, dtype=np.uint8), PARITY_BATCH, flip=False, normalized=False).astype("float32")
 
 
 def make_tflite_interpreter(model_path_or_content, num_threads=None, use_xnnpack=True):
@@ -240,7 +222,7 @@ def dequantize(values, detail):
 def run_tflite(interpreter, inputs, batch_size=PARITY_BATCH):
     """float32 outputs of a TFLite model on normalized float32 inputs, (de)quantizing integer models.
 
-    Usage: embs = run_tflite(make_tflite_interpreter("model.tflite"), normalize(images))
+    Usage: embs = run_tflite(make_tflite_interpreter("model.tflite"), face_io.normalize(images))
     """
     input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     outputs = []
@@ -263,7 +245,7 @@ def _onnx_runner(path):
     input_name, nchw = session.get_inputs()[0].name, session.get_inputs()[0].shape[1] == 3
 
     def run(images):
-        inputs = normalize(images, INSIGHTFACE_NORM if nchw else KERAS_NORM)
+        inputs = face_io.normalize(np.asarray(images), face_io.INSIGHTFACE_NORM if nchw else face_io.KERAS_NORM)
         inputs = inputs.transpose(0, 3, 1, 2) if nchw else inputs
         batches = [session.run(None, {input_name: inputs[ss : ss + PARITY_BATCH]})[0] for ss in range(0, len(inputs), PARITY_BATCH)]
         return np.concatenate(batches, axis=0).reshape(len(images), -1).astype("float32")
@@ -273,7 +255,7 @@ def _onnx_runner(path):
 
 def _tflite_runner(path):
     interpreter = make_tflite_interpreter(path)
-    return lambda images: run_tflite(interpreter, normalize(images))
+    return lambda images: run_tflite(interpreter, face_io.normalize(np.asarray(images)))
 
 
 # ---------------------------------------------------------------- parity
@@ -358,7 +340,7 @@ def _serving_function(model, input_shape, nchw=False, input_name="input"):
     height, width, channels = input_shape
     shape = (None, channels, height, width) if nchw else (None, height, width, channels)
     spec = [tf.TensorSpec(shape, tf.float32, name=input_name)]
-    rescale = INSIGHTFACE_NORM[1] / KERAS_NORM[1]
+    rescale = face_io.INSIGHTFACE_NORM[1] / face_io.KERAS_NORM[1]
 
     def serve(inputs):
         if nchw:
@@ -384,7 +366,7 @@ def to_tflite_bytes(model, quantization="float32", representative_images=None):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     QUANTIZATIONS[quantization](converter)
     if quantization in INTEGER_QUANTIZATIONS:
-        inputs = normalize(representative_images)
+        inputs = face_io.normalize(np.asarray(representative_images))
         converter.representative_dataset = lambda: ([image[None]] for image in tqdm(inputs, desc="Calibrating", leave=False))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # the SavedModel export lists its endpoints and captures; integer types warn about unset input statistics

@@ -4,7 +4,7 @@ One place knows how to run every supported model kind, chosen by the file type:
 
 | model file                  | backend            | layout | default normalization          |
 | --------------------------- | ------------------ | ------ | ------------------------------ |
-| `*.h5`, `*.keras`           | Keras 3            | NHWC   | (x - 127.5) / 128              |
+| `*.h5`, `*.keras`           | Keras 3            | NHWC   | the model's (face_io.model_normalization), (x - 127.5) / 128 by default |
 | `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export), NHWC -> (x - 127.5) / 128 (Keras export) |
 | `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5            |
 | `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
@@ -19,9 +19,10 @@ import re
 
 import numpy as np
 
+from . import face_io
+from .face_io import INSIGHTFACE_NORM, KERAS_NORM
+
 _MXNET_SPEC = re.compile(r"^(?P<prefix>.+),(?P<epoch>\d+)$")
-INSIGHTFACE_NORM = (127.5, 127.5)
-KERAS_NORM = (127.5, 128.0)
 
 
 class ModelInterf:
@@ -67,16 +68,31 @@ def _first_output(outputs):
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
-def _keras_backend(model):
-    import keras
+class KerasModelInterf(ModelInterf):
+    """A Keras model run through `face_io.embedding_function` (traced once, reused).
 
-    return (lambda inputs: keras.ops.convert_to_numpy(_first_output(model.predict_on_batch(inputs)))), "NHWC", KERAS_NORM
+    Normalization: the model's own (`face_io.model_normalization`) unless `mean` / `std` are given.
+    Usage: embs = KerasModelInterf(basic_model, batch_size=64)(faces)
+    """
+
+    def __init__(self, model, mean=None, std=None, batch_size=None, name=None):
+        model_mean, model_std = face_io.model_normalization(model)
+        mean, std = model_mean if mean is None else mean, model_std if std is None else std
+        super().__init__(None, "NHWC", mean, std, batch_size, name or model.name)
+        self.model = model
+
+    def _predict_batch(self, images):
+        embed = face_io.embedding_function(self.model, images.shape[1:], flip=False, norm=(self.mean, self.std))
+        return np.asarray(embed(images), dtype="float32").reshape(len(images), -1)
 
 
 def _load_keras(model_file):
     import keras
 
-    return _keras_backend(keras.models.load_model(model_file, compile=False))
+    try:
+        return keras.models.load_model(model_file, compile=False)
+    except Exception as error:
+        raise ValueError("{}: not a readable Keras model ({}: {})".format(model_file, type(error).__name__, error)) from error
 
 
 def _onnx_layout(shape):
@@ -140,9 +156,8 @@ def _load_mxnet(prefix, epoch, output_layer="fc1_output"):
     return predict, "NCHW", (0.0, 1.0)
 
 
+KERAS_EXTENSIONS = (".h5", ".keras")
 _FILE_LOADERS = {
-    ".h5": _load_keras,
-    ".keras": _load_keras,
     ".onnx": _load_onnx,
     ".pt": _load_torchscript,
     ".pth": _load_torchscript,
@@ -163,7 +178,7 @@ def _load_backend(model_file):
     if suffix not in _FILE_LOADERS:
         raise ValueError(
             "{}: unsupported model type '{}'; expected one of {} or an MXNet 'prefix,epoch'".format(
-                model_file, suffix, ", ".join(sorted(_FILE_LOADERS))
+                model_file, suffix, ", ".join(sorted([*_FILE_LOADERS, *KERAS_EXTENSIONS]))
             )
         )
     if not os.path.exists(model_file):
@@ -188,12 +203,14 @@ def load_model_interf(model_file, input_layout=None, mean=None, std=None, batch_
     `input_layout`, `mean` and `std` override the backend defaults listed in the module docstring.
     Usage: embs = load_model_interf("model.onnx", batch_size=64)(faces)
     """
-    if isinstance(model_file, (str, os.PathLike)):
-        name = model_name(model_file)
-        predict, layout, (default_mean, default_std) = _load_backend(os.fspath(model_file))
-    else:
-        name = getattr(model_file, "name", "model")
-        predict, layout, (default_mean, default_std) = _keras_backend(model_file)
+    if not isinstance(model_file, (str, os.PathLike)):
+        return KerasModelInterf(model_file, mean, std, batch_size)
+    name, model_file = model_name(model_file), os.fspath(model_file)
+    if model_file.lower().endswith(KERAS_EXTENSIONS):
+        if not os.path.exists(model_file):
+            raise FileNotFoundError("model file not found: {}".format(model_file))
+        return KerasModelInterf(_load_keras(model_file), mean, std, batch_size, name)
+    predict, layout, (default_mean, default_std) = _load_backend(model_file)
     return ModelInterf(
         predict,
         input_layout=input_layout or layout,

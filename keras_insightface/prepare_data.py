@@ -20,7 +20,7 @@ import pickle
 import numpy as np
 from tqdm import tqdm
 
-from . import cli, io_utils
+from . import cli, face_io, io_utils
 from . import recordio
 
 COMPLETION_MARKER = ".extraction_complete.json"
@@ -105,36 +105,16 @@ def to_jpeg_bytes(image, where="image"):
     JPEG data is kept as is; any other encoding (PNG, BMP, ...) is decoded and re-encoded as JPEG.
     `where` names the image in error messages.  Usage: data = to_jpeg_bytes(np_array_of_png)
     """
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 1:
-        data = image.tobytes()
-    elif isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-    else:
-        raise TypeError("{}: expected encoded image bytes or a 1-D uint8 array, got {} {}".format(
-            where, type(image).__name__, getattr(image, "shape", "")))
-    if data.startswith(JPEG_MAGIC):
-        return data
-
+    data = image.tobytes() if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 1 else image
+    if isinstance(data, (bytes, bytearray)) and bytes(data).startswith(JPEG_MAGIC):
+        return bytes(data)
     import cv2
 
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise ValueError("{}: {} bytes that no image decoder reads".format(where, len(data)))
-    ok, encoded = cv2.imencode(".jpg", decoded, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    decoded = face_io.decode_image(data, where)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(decoded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError("{}: JPEG encoding failed".format(where))
     return encoded.tobytes()
-
-
-def load_bin(path):
-    """(bins, issame_list) of an eval `.bin`, loaded through the restricted unpickler."""
-    loaded = io_utils.safe_load_pickle(path)
-    if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
-        raise ValueError("{}: expected a pickle of (bins, issame_list), got {}".format(path, type(loaded).__name__))
-    bins, issame_list = loaded
-    if len(bins) != 2 * len(issame_list):
-        raise ValueError("{}: expected two images per pair, got {} images for {} pairs".format(path, len(bins), len(issame_list)))
-    return bins, issame_list
 
 
 def convert_bin(path):
@@ -143,7 +123,7 @@ def convert_bin(path):
     A file already made of JPEG bytes is left untouched. Returns True when the file was rewritten.
     Usage: convert_bin("/datasets/faces_emore/cfp_fp.bin")
     """
-    bins, issame_list = load_bin(path)
+    bins, issame_list = face_io.read_bin_pairs(path)
     if all(_is_jpeg_bytes(image) for image in bins):
         print(">>>> {} already holds plain JPEG bytes, nothing to do".format(path))
         return False

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_insightface import IJB_evals
+from keras_insightface import IJB_evals, face_io
 
 TEMPLATE_5PTS = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -303,7 +303,7 @@ def test_aggregation_rules_match_hand_worked_two_template_case(scenario, templat
 
 def test_pair_scoring_paths_and_tar_agree_with_plain_numpy():
     rng = np.random.default_rng(0)
-    feats = IJB_evals.l2_normalize(rng.normal(size=[300, 16]).astype("float32"))
+    feats = face_io.l2_normalize(rng.normal(size=[300, 16]).astype("float32"), dtype="float32")
     index1, index2 = rng.integers(0, 40, 5000), rng.integers(40, 300, 5000)
     expected = np.sum(feats[index1] * feats[index2], axis=1)
     np.testing.assert_allclose(IJB_evals.pair_cosine(feats, index1, index2, block_entries=1000), expected, atol=1e-6)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_insightface import data
+from keras_insightface import data, face_io
 
 SIZE = (16, 16)
 
@@ -42,7 +42,7 @@ def make_gray_folder(root, images_per_class, ext=".png"):
 
 
 def pixel_of(images):
-    """Un-normalize the first pixel of each image (independent of data.normalize_image): x / 0.0078125 + 127.5."""
+    """Un-normalize the first pixel of each image (independent of face_io.normalize): x / 0.0078125 + 127.5."""
     return np.asarray(images)[:, 0, 0, 0] / 0.0078125 + 127.5
 
 
@@ -174,10 +174,10 @@ def test_images_resized_to_img_shape(tmp_path):
     np.testing.assert_allclose(images, (200 - 127.5) / 128.0, atol=1e-6)
 
 
-def test_normalize_image_formula():
+def test_normalize_formula():
     pixels = np.array([[0, 127.5, 255]], dtype=np.float32)
-    np.testing.assert_allclose(data.normalize_image(np.array([0, 128, 255], dtype=np.uint8)), [-127.5 / 128, 0.5 / 128, 127.5 / 128])
-    np.testing.assert_allclose(np.asarray(data.normalize_image(tf.constant(pixels))), [[-0.99609375, 0.0, 0.99609375]])
+    np.testing.assert_allclose(face_io.normalize(np.array([0, 128, 255], dtype=np.uint8)), [-127.5 / 128, 0.5 / 128, 127.5 / 128])
+    np.testing.assert_allclose(np.asarray(face_io.normalize(tf.constant(pixels))), [[-0.99609375, 0.0, 0.99609375]])
 
 
 def half_image_folder(root, count, left, right):

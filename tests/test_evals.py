@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_insightface import evals
+from keras_insightface import evals, face_io
 from keras_insightface import io_utils
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces_rec")
@@ -83,7 +83,7 @@ def brute_force_best_accuracy(similarities, issame):
 @pytest.mark.parametrize("name", ["lfw", "cfp_fp"])
 def test_fixture_bins_load(name):
     path = os.path.join(DATA, name + ".bin")
-    images, issame = evals.load_bin(path)
+    images, issame = face_io.load_bin(path)
     assert images.shape == (40, 112, 112, 3) and images.dtype == np.uint8
     assert issame.dtype == bool and issame.tolist() == expected_issame(name)
     with open(path, "rb") as ff:
@@ -99,7 +99,7 @@ def test_python2_pickle_of_jpeg_strings(tmp_path):
     data = b"\x80\x02]q\x00(" + body + b"e]q\x01(\x88e\x86q\x02."
     path = tmp_path / "py2.bin"
     path.write_bytes(data)
-    loaded, issame = evals.load_bin(path)
+    loaded, issame = face_io.load_bin(path)
     assert issame.tolist() == [True]
     np.testing.assert_array_equal(loaded[1], cv2_rgb(jpeg_bytes(images[1])))
 
@@ -111,7 +111,7 @@ def test_ndarray_encoded_images_and_resize(tmp_path):
     path = tmp_path / "arr.bin"
     with open(path, "wb") as ff:
         pickle.dump(([encoded, encoded], np.array([False])), ff, protocol=2)
-    loaded, issame = evals.load_bin(path, image_size=(32, 32))
+    loaded, issame = face_io.load_bin(path, image_size=(32, 32))
     assert loaded.shape == (2, 32, 32, 3) and issame.tolist() == [False]
     np.testing.assert_array_equal(loaded[0, :, :8], np.broadcast_to([255, 0, 0], (32, 8, 3)))
     np.testing.assert_array_equal(loaded[0, :, 24:], 0)
@@ -134,12 +134,12 @@ def test_bad_bins_raise_naming_file(tmp_path, content, message):
     with open(path, "wb") as ff:
         pickle.dump(content, ff)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
-        evals.load_bin(path)
+        face_io.load_bin(path)
 
 
 def test_missing_bin(tmp_path):
-    with pytest.raises(ValueError, match="missing.bin: no such .bin file"):
-        evals.load_bin(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match="missing.bin: no such .bin file"):
+        face_io.load_bin(tmp_path / "missing.bin")
 
 
 class _Exploit:
@@ -156,7 +156,7 @@ def test_malicious_pickle_refused_without_running_code(tmp_path):
     with open(path, "wb") as ff:
         pickle.dump(([_Exploit(target), b"x"], [True]), ff, protocol=2)
     with pytest.raises(io_utils.UnsafePickleError, match=r"evil.bin.*(posix|os|nt)\.mkdir"):
-        evals.load_bin(path)
+        face_io.load_bin(path)
     assert not os.path.exists(target)
 
 
@@ -167,7 +167,7 @@ def test_embed_images_flip_sum_matches_numpy():
     images = np.random.default_rng(2).integers(0, 256, size=(7, 6, 6, 3), dtype=np.uint8)
     model, kernel, bias = dense_model(6)
     for flip in (True, False):
-        got = evals.embed_images(model, images, batch_size=3, flip=flip)
+        got = face_io.embed_images(model, images, batch_size=3, flip=flip)
         np.testing.assert_allclose(got, numpy_embeddings(images, kernel, bias, flip=flip), atol=1e-5)
 
 
@@ -361,7 +361,7 @@ def test_callback_without_flip_matches_numpy(tmp_path):
     path = small_bin(tmp_path, pairs=10, seed=6)
     ee = evals.eval_callback(model, path, batch_size=3, flip=False)
     ee.on_epoch_end(0)
-    images, issame = evals.load_bin(path, image_size=(8, 8))
+    images, issame = face_io.load_bin(path, image_size=(8, 8))
     emb = numpy_embeddings(images, kernel, bias, flip=False)
     np.testing.assert_allclose(ee.embs, emb, atol=1e-5)
     assert ee.cur_acc == pytest.approx(brute_force_best_accuracy(np.sum(emb[0::2] * emb[1::2], 1), issame))
@@ -394,7 +394,7 @@ def test_callback_under_mirrored_strategy(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.split("RESULT ")[-1])
     assert result["replicas"] == 2
-    images, issame = evals.load_bin(path, image_size=(8, 8))
+    images, issame = face_io.load_bin(path, image_size=(8, 8))
     emb = numpy_embeddings(images, np.array(result["kernel"]), np.array(result["bias"]))
     expected = brute_force_best_accuracy(np.sum(emb[0::2] * emb[1::2], 1), issame)
     assert result["acc"] == pytest.approx(expected)

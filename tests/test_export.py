@@ -76,9 +76,9 @@ def saved_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lfw_images():
-    from keras_insightface import evals
+    from keras_insightface import face_io
 
-    return evals.load_bin(LFW_BIN)[0]
+    return face_io.load_bin(LFW_BIN)[0]
 
 
 # ---------------------------------------------------------------- independent references
