@@ -8,17 +8,14 @@ Usage:
     # >>>> lfw evaluation max accuracy: 0.993167, thresh: 0.316535, previous max accuracy: 0.000000
     # >>>> Improved = 0.993167
 """
-import glob
 import os
-import re
 
 import keras
 import numpy as np
 
-from . import face_io, io_utils
+from . import checkpoints, face_io, io_utils
 from .face_io import l2_normalize
 
-CHECKPOINT_DIR = "checkpoints"
 VAL_FAR_TARGET = 1e-3
 
 
@@ -149,13 +146,14 @@ class eval_callback(keras.callbacks.Callback):
     Images are embedded (plus the flipped copy with `flip`), L2-normalized, and scored by the best cosine
     threshold over all pairs; `PCA_acc` adds the 10-fold protocol's mean ± std. On improvement (>= the
     previous best) with `save_model` set, the basic model is saved as
-    `checkpoints/<save_model>_basic_<name>_epoch_<epoch>_<accuracy>.h5`, replacing the previous best of that name.
+    `checkpoints/<save_model>_basic_<name>_epoch_<epoch>_<accuracy>.h5`, replacing the previous best of that name;
+    with `keep_best` its weights are kept in `best_snapshot` for the run's next checkpoint commit instead.
     Usage:
         ee = eval_callback(basic_model, "/datasets/faces_emore/lfw.bin", batch_size=64)
         ee.on_epoch_end(0)  # or model.fit(..., callbacks=[ee])
     """
 
-    def __init__(self, basic_model, test_bin_file, batch_size=128, save_model=None, eval_freq=1, flip=True, PCA_acc=False):
+    def __init__(self, basic_model, test_bin_file, batch_size=128, save_model=None, eval_freq=1, flip=True, PCA_acc=False, keep_best=False):
         super().__init__()
         self.test_names = os.path.splitext(os.path.basename(test_bin_file))[0]
         self.images, self.test_issame = face_io.load_bin(test_bin_file, image_size=_model_image_size(basic_model))
@@ -164,6 +162,7 @@ class eval_callback(keras.callbacks.Callback):
         self.flip, self.PCA_acc = flip, PCA_acc
         self.max_accuracy, self.cur_acc, self.acc_thresh = 0.0, 0.0, 0.0
         self.is_improved, self.embs, self.cur_epoch = False, None, 0
+        self.keep_best, self.best_snapshot = keep_best, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.cur_epoch = epoch
@@ -203,15 +202,16 @@ class eval_callback(keras.callbacks.Callback):
             self.max_accuracy, self.is_improved = self.cur_acc, True
             if self.save_model:
                 self._save_best(step_name)
+            if self.keep_best:
+                self.best_snapshot = (step_name, self.max_accuracy, self.basic_model.get_weights())
 
     def _save_best(self, step_name):
         """Save the basic model atomically, then remove the previous best of the same name."""
-        base = os.path.join(CHECKPOINT_DIR, "{}_basic_{}_epoch_".format(self.save_model, self.test_names))
-        save_path = "{}{}_{:f}.h5".format(base, step_name, self.max_accuracy)
+        run = checkpoints.RunCheckpoint(self.save_model + ".h5")
+        save_path = run.best_basic_path(self.test_names, step_name, self.max_accuracy)
         print(">>>> Saving model to: {}".format(save_path))
         with io_utils.atomic_path(save_path) as tmp:
             self.basic_model.save(tmp, include_optimizer=False)
-        previous = re.compile(re.escape(os.path.basename(base)) + r"\d+(_batch_\d+)?_[0-9.]+\.h5$")
-        for old_path in glob.glob(glob.escape(base) + "*.h5"):
-            if old_path != save_path and previous.match(os.path.basename(old_path)):
+        for old_path in run.best_basic_files(self.test_names):
+            if old_path != save_path:
                 os.remove(old_path)

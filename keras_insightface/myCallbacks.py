@@ -23,6 +23,7 @@ import sys
 import keras
 import numpy as np
 
+from . import checkpoints
 from .io_utils import atomic_path, atomic_write_text
 
 
@@ -304,40 +305,6 @@ def _skip_saving(model, epoch, logs, what):
     return False
 
 
-def optimizer_state_path(model_path):
-    """Where the optimizer state of a checkpoint lives: `<model path stem>_optimizer.npz`."""
-    return os.path.splitext(os.fspath(model_path))[0] + "_optimizer.npz"
-
-
-def save_optimizer_state(optimizer, path):
-    """Save an optimizer's config and every variable (iterations, slots) to `path` (.npz), atomically.
-
-    Keras 3 `.h5` files keep no optimizer slots, so checkpoints carry this file beside them.
-    Usage: save_optimizer_state(model.optimizer, "checkpoints/model_optimizer.npz")
-    """
-    config = json.dumps(keras.saving.serialize_keras_object(optimizer))
-    values = {"variable_{}".format(ii): keras.ops.convert_to_numpy(vv) for ii, vv in enumerate(optimizer.variables)}
-    with atomic_path(path) as tmp:
-        np.savez(tmp, config=np.array(config), **values)
-
-
-def restore_optimizer_state(path, trainable_variables):
-    """Rebuild the optimizer saved by `save_optimizer_state` for `trainable_variables`, state included.
-
-    Raises ValueError when the saved state does not fit the variables (another model or trainable set).
-    Usage: optimizer = restore_optimizer_state("checkpoints/model_optimizer.npz", model.trainable_variables)
-    """
-    with np.load(path) as loaded:
-        optimizer = keras.saving.deserialize_keras_object(json.loads(str(loaded["config"])))
-        optimizer.build(trainable_variables)
-        names = ["variable_{}".format(ii) for ii in range(len(optimizer.variables))]
-        if len(names) != len(loaded.files) - 1 or any(loaded[nn].shape != tuple(vv.shape) for nn, vv in zip(names, optimizer.variables)):
-            raise ValueError("{}: the saved optimizer state does not match the model's trainable variables".format(path))
-        for name, variable in zip(names, optimizer.variables):
-            variable.assign(loaded[name])
-    return optimizer
-
-
 class ModelCheckpointAtomic(keras.callbacks.Callback):
     """Saves `self.model` to `filepath` at each epoch end, atomically, skipping epochs with a
     non-finite loss. `.keras` or `.h5` for whole models; `.weights.h5` with save_weights_only.
@@ -369,7 +336,51 @@ class ModelCheckpointAtomic(keras.callbacks.Callback):
                 self.model.save(tmp)
         optimizer = getattr(self.model, "optimizer", None)
         if not self.save_weights_only and optimizer is not None and optimizer.built:
-            save_optimizer_state(optimizer, optimizer_state_path(self.filepath))
+            checkpoints.save_optimizer_state(optimizer, checkpoints.optimizer_state_path(self.filepath), self.model.weights)
+
+
+class CheckpointCommit(keras.callbacks.Callback):
+    """At each epoch end, commits the whole run state as one (see `checkpoints.RunCheckpoint.commit`): the full
+    model, its optimizer state, the center-loss centers, the history and, when the last eval set improved,
+    the best basic model. Skipped when the epoch's loss is not finite, so the last good state stays.
+
+    Place it after the eval callbacks and `My_history`, whose results it saves.
+    Usage: CheckpointCommit(checkpoints.RunCheckpoint("model.h5"), history=my_hist, best_eval=my_evals[-1])
+    """
+
+    def __init__(self, run, history, best_eval=None, center_loss=None):
+        super().__init__()
+        self.run, self.history, self.best_eval, self.center_loss = run, history, best_eval, center_loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _skip_saving(self.model, epoch, logs, self.run.model_path):
+            return
+        writers = {"model": self.model.save, "history": lambda path: checkpoints.write_history(path, self.history.history)}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and optimizer.built:
+            writers["optimizer"] = lambda path: checkpoints.save_optimizer_state(optimizer, path, self.model.weights)
+        if self.center_loss is not None:
+            writers["centers"] = self.center_loss.save_centers
+        best_basic_name = None
+        best = getattr(self.best_eval, "best_snapshot", None)
+        if best is not None:
+            step_name, accuracy, weights = best
+            best_basic_name = os.path.basename(self.run.best_basic_path(self.best_eval.test_names, step_name, accuracy))
+            writers["best_basic"] = lambda path: _save_with_weights(self.best_eval.basic_model, weights, path)
+        self.run.commit(epoch + 1, writers, best_basic_name)
+        if best is not None:
+            print(">>>> Saved best basic model: {}".format(os.path.join(self.run.folder, best_basic_name)))
+            self.best_eval.best_snapshot = None
+
+
+def _save_with_weights(model, weights, path):
+    """Save `model` as it was with `weights` (a snapshot taken at an eval), its current weights untouched."""
+    current = model.get_weights()
+    model.set_weights(weights)
+    try:
+        model.save(path, include_optimizer=False)
+    finally:
+        model.set_weights(current)
 
 
 class CenterlossCallback(keras.callbacks.Callback):
@@ -428,34 +439,14 @@ class Gently_stop_callback(keras.callbacks.Callback):
 # ---------------------------------------------------------------- history
 
 
-def _load_history(path):
-    with open(path, "r", encoding="utf-8") as ff:
-        try:
-            history = json.load(ff)
-        except json.JSONDecodeError as error:
-            raise ValueError("{}: not a JSON history file ({})".format(path, error)) from error
-    if not isinstance(history, dict) or not all(isinstance(vv, list) for vv in history.values()):
-        raise ValueError("{}: expected a JSON object of lists, like {{\"loss\": [...], \"lr\": [...]}}".format(path))
-    return _align(history)
-
-
-def _align(history):
-    """Gives a history without an "epoch" list (older files) one: lists are taken to end together."""
-    if "epoch" in history or not history:
-        return history
-    length = max(len(vv) for vv in history.values())
-    aligned = {kk: [None] * (length - len(vv)) + vv for kk, vv in history.items()}
-    aligned["epoch"] = list(range(length))
-    return aligned
-
-
 class My_history(keras.callbacks.Callback):
     """Collects every epoch's logs (loss, accuracy, lr, per-output losses) and eval accuracies
     into `self.history` (a dict of lists, one entry per epoch, None where a value was missing, the
     0-based epoch numbers under "epoch") and writes it to `save_file` as JSON at each epoch end.
 
     An existing `save_file` (else `initial_file`) is reloaded; each fit drops the entries of epochs
-    >= its initial epoch, so a resumed run continues the same history.
+    >= its initial epoch, so a resumed run continues the same history. With `save_file=None` nothing is
+    written (`train.Train` commits the history with the rest of the checkpoint).
     `evals` are objects with `test_names` and `cur_acc` (evals.eval_callback), placed before this
     callback in the callback list.
     Usage: My_history("checkpoints/keras_mobilenet_emore_hist.json", evals=[lfw_eval])
@@ -465,7 +456,7 @@ class My_history(keras.callbacks.Callback):
         super().__init__()
         self.save_file, self.evals = save_file, list(evals)
         source = next((ff for ff in (save_file, initial_file) if ff and os.path.exists(ff)), None)
-        self.history = _load_history(source) if source else {}
+        self.history = checkpoints.load_history(source) if source else {}
         self._truncate_at_first_epoch = False
 
     def set_initial_epoch(self, initial_epoch):
@@ -496,4 +487,5 @@ class My_history(keras.callbacks.Callback):
         recorded = len(self.history.get("epoch", []))
         for key in list(self.history) + [kk for kk in record if kk not in self.history]:
             self.history.setdefault(key, [None] * recorded).append(record.get(key))
-        atomic_write_text(self.save_file, json.dumps(self.history))
+        if self.save_file:
+            atomic_write_text(self.save_file, json.dumps(self.history))

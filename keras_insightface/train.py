@@ -23,6 +23,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from . import checkpoints
 from . import data
 from . import demo
 from . import evals
@@ -31,7 +32,6 @@ from . import losses
 from . import models
 from . import myCallbacks
 
-CHECKPOINTS_DIR = "checkpoints"
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
 
 # Loss classes whose type is known from the class; any other loss on cosine logits is "arcface",
@@ -61,14 +61,11 @@ def _load_model(path, custom_objects):
     return keras.models.load_model(path, custom_objects=custom_objects, compile=False)
 
 
-def _load_optimizer(model_path, model, custom_objects):
-    """The optimizer of a checkpoint: with its state from the `_optimizer.npz` beside it, else freshly from the config."""
-    state_path = myCallbacks.optimizer_state_path(model_path)
+def _load_optimizer(state_path, model_path, model, custom_objects):
+    """The optimizer of a checkpoint: with its state from `state_path` (checked against the model's weights), else
+    freshly from the config saved in the model file. A truncated or mismatched state raises CheckpointError."""
     if os.path.exists(state_path):
-        try:
-            return myCallbacks.restore_optimizer_state(state_path, model.trainable_variables)
-        except ValueError as error:
-            print(">>>> Optimizer state not restored:", error)
+        return checkpoints.restore_optimizer_state(state_path, model.trainable_variables, model.weights)
     try:
         optimizer = keras.models.load_model(model_path, custom_objects=custom_objects, compile=True).optimizer
     except (ValueError, TypeError, KeyError):
@@ -140,8 +137,10 @@ class Train:
         if self.num_replicas > 1:
             print(">>>> num_replicas_in_sync: {}, global batch_size: {}".format(self.num_replicas, self.batch_size))
 
-        self.save_path = os.path.join(CHECKPOINTS_DIR, save_path)
-        self.save_stem = os.path.splitext(os.path.basename(save_path))[0]
+        self.run = checkpoints.RunCheckpoint(save_path)
+        self.save_path, self.save_stem = self.run.model_path, self.run.stem
+        self.resume_run, self.resume_epoch = None, None  # the run and committed epoch a loaded checkpoint came from
+        self.centers_file = self.run.centers_path
         self.output_weight_decay = output_weight_decay
         self.lr_base, self.lr_decay, self.lr_decay_steps = lr_base, lr_decay, lr_decay_steps
         self.lr_min, self.lr_warmup_steps = lr_min, lr_warmup_steps
@@ -164,7 +163,7 @@ class Train:
         self.head_signature = self._current_head_signature()
 
         self.my_evals = self._build_eval_callbacks(eval_paths)
-        self.my_hist = myCallbacks.My_history(os.path.join(CHECKPOINTS_DIR, self.save_stem + "_hist.json"), evals=self.my_evals)
+        self.my_hist = myCallbacks.My_history(None, evals=self.my_evals, initial_file=self._initial_history_file())
         self.gently_stop = myCallbacks.Gently_stop_callback()
         self.nan_guard = myCallbacks.ExitOnNaN()
 
@@ -182,9 +181,9 @@ class Train:
         """Resolve the four initialisation rows of the basic_model / model table; returns the basic model."""
         if isinstance(model, str):
             print(">>>> Load model from:", model)
-            model_path, model = model, _load_model(model, custom_objects)
+            model_path, model = model, self._load_checkpoint_model(model, custom_objects)
             if compile:
-                self.optimizer = _load_optimizer(model_path, model, custom_objects)
+                self.optimizer = _load_optimizer(self._resume_file("optimizer"), model_path, model, custom_objects)
         elif model is not None and compile:
             self.optimizer = getattr(model, "optimizer", None)
         if model is not None:
@@ -201,6 +200,26 @@ class Train:
                 "basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model)
             )
         return basic_model
+
+    def _load_checkpoint_model(self, model_path, custom_objects):
+        """Load a run's saved full model after `recover()` republished its last committed epoch."""
+        if os.path.exists(model_path):
+            self.resume_run = checkpoints.RunCheckpoint.of_model_file(model_path)
+            self.resume_run.recover()
+            self.resume_epoch = self.resume_run.generation_of(model_path)
+            self.centers_file = self._resume_file("centers")
+        return _load_model(model_path, custom_objects)
+
+    def _resume_file(self, role):
+        """The loaded checkpoint's file of `role`: from its committed epoch folder, else beside the model file."""
+        if self.resume_epoch is not None:
+            return self.resume_run.generation_file(self.resume_epoch, role)
+        return self.resume_run.published_path(role)
+
+    def _initial_history_file(self):
+        if os.path.exists(self.run.history_path) or self.resume_run is None:
+            return self.run.history_path
+        return self._resume_file("history")
 
     def _adopt_heads_of(self, model):
         """Keep the output head and distill map layer of a loaded full model so their weights carry on."""
@@ -328,9 +347,8 @@ class Train:
 
     def _center_loss(self):
         if self.center_loss is None:
-            centers_file = os.path.join(CHECKPOINTS_DIR, self.save_stem + "_centers.npy")
             emb_shape = int(self.basic_model.outputs[0].shape[-1])
-            self.center_loss = losses.CenterLoss(self.classes, emb_shape=emb_shape, initial_file=centers_file)
+            self.center_loss = losses.CenterLoss(self.classes, emb_shape=emb_shape, initial_file=self.centers_file)
         return self.center_loss
 
     def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
@@ -366,20 +384,22 @@ class Train:
     def _build_eval_callbacks(self, eval_paths):
         callbacks = []
         for id, eval_path in enumerate(eval_paths):
-            save_model = self.save_stem if id == len(eval_paths) - 1 else None
-            callbacks.append(evals.eval_callback(self.basic_model, eval_path, batch_size=self.batch_size, save_model=save_model, eval_freq=self.eval_freq))
+            keep_best = id == len(eval_paths) - 1  # its best basic model is saved with the epoch's checkpoint
+            callbacks.append(evals.eval_callback(self.basic_model, eval_path, batch_size=self.batch_size, eval_freq=self.eval_freq, keep_best=keep_best))
         return callbacks
 
     def _callbacks(self):
         lr_scheduler = myCallbacks.build_lr_scheduler(
             self.lr_base, self.lr_decay, self.lr_decay_steps, self.lr_min, self.lr_warmup_steps, self.steps_per_epoch
         )
-        callbacks = [lr_scheduler, *self.my_evals, self.my_hist, myCallbacks.ModelCheckpointAtomic(self.save_path), self.nan_guard, self.gently_stop]
+        uses_centers = self.center_loss is not None and any(loss is self.center_loss for loss in self._compiled_losses())
+        commit = myCallbacks.CheckpointCommit(
+            self.run, self.my_hist, best_eval=self.my_evals[-1] if self.my_evals else None, center_loss=self.center_loss if uses_centers else None
+        )
+        callbacks = [lr_scheduler, *self.my_evals, self.my_hist, self.nan_guard, commit, self.gently_stop]
         if hasattr(self.optimizer, "decoupled_weight_decay"):
             is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
             callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
-        if self.center_loss is not None and any(loss is self.center_loss for loss in self._compiled_losses()):
-            callbacks.append(myCallbacks.CenterlossCallback(self.center_loss, os.path.join(CHECKPOINTS_DIR, self.save_stem + "_centers.npy")))
         return callbacks
 
     def _compiled_losses(self):
@@ -452,25 +472,50 @@ class Train:
             self._dataset_fast_forwarded = True
 
     def train(self, train_schedule, initial_epoch=0):
-        """Walk the list of plans; `initial_epoch` skips the epochs already trained.  Usage: tt.train(sch, 0)"""
+        """Walk the list of plans starting at `initial_epoch`, the epoch reached so far; returns the epoch reached.
+
+        Each plan trains its own `epoch` epochs; a `bottleneckOnly` plan does not advance the epoch counter. To
+        continue a run, pass the plans not yet done (the current one with its remaining epochs) and the epochs
+        done, e.g. `tt.train(sch[2:], 45)`; history, learning rate, data order and best accuracy continue from there.
+        Usage: tt.train(sch, 0)
+        """
         train_schedule = [train_schedule] if isinstance(train_schedule, dict) else list(train_schedule)
+        if not train_schedule:
+            raise ValueError("tt.train: the training schedule is empty, there is nothing to train")
         for plan in train_schedule:
             self._check_plan(plan)
-        start_epoch = 0
+        if not isinstance(initial_epoch, int) or initial_epoch < 0:
+            raise ValueError("tt.train: initial_epoch must be an integer >= 0 (the epochs already trained), got {!r}".format(initial_epoch))
+        self._resume_at(initial_epoch)
         for plan in train_schedule:
-            end_epoch = start_epoch + plan["epoch"]
-            if end_epoch <= initial_epoch:
-                start_epoch = end_epoch
-                continue
             kwargs = {key: value for key, value in plan.items() if key != "epoch"}
-            first_epoch = max(start_epoch, initial_epoch)
-            self.train_single_scheduler(epoch=end_epoch - first_epoch, initial_epoch=first_epoch, **kwargs)
-            start_epoch = end_epoch
+            self.train_single_scheduler(epoch=plan["epoch"], initial_epoch=initial_epoch, **kwargs)
+            initial_epoch += 0 if plan.get("bottleneckOnly", False) else plan["epoch"]
             if self.model.stop_training:
                 print(">>>> Training stopped before the schedule ended")
                 break
         if not self.my_evals:
             self._save_latest_basic_model()
+        return initial_epoch
+
+    def _resume_at(self, initial_epoch):
+        """Make the loaded checkpoint's state the one of `initial_epoch`, from its committed epoch folder when kept."""
+        if self.resume_epoch is None or self.resume_epoch == initial_epoch:
+            return
+        kept = self.resume_run.generations()
+        if initial_epoch not in kept:
+            print(">>>> Warning: {} holds epoch {} (kept states: {}); training continues from it as epoch {}".format(
+                self.resume_run.model_path, self.resume_epoch, kept, initial_epoch))
+            return
+        print(">>>> {} holds epoch {}: resuming from the state committed at epoch {}".format(self.resume_run.model_path, self.resume_epoch, initial_epoch))
+        self.resume_epoch = initial_epoch
+        saved = _load_model(self._resume_file("model"), {})
+        self.model.set_weights(saved.get_weights())
+        if self.optimizer is not None and os.path.exists(self._resume_file("optimizer")):
+            self.optimizer = checkpoints.restore_optimizer_state(self._resume_file("optimizer"), self.model.trainable_variables, self.model.weights)
+            self._optimizer_variable_ids = {id(var) for var in self.model.trainable_variables}
+        self.centers_file, self.center_loss = self._resume_file("centers"), None
+        self.my_hist.history = checkpoints.load_history(self._resume_file("history"))
 
     @staticmethod
     def _check_plan(plan):
@@ -484,7 +529,7 @@ class Train:
                 raise ValueError("Training plan {} is missing the required key '{}'".format(plan, key))
 
     def _save_latest_basic_model(self):
-        path = os.path.join(CHECKPOINTS_DIR, self.save_stem + "_basic_model_latest.h5")
+        path = self.run.basic_latest_path
         with io_utils.atomic_path(path) as tmp:
             self.basic_model.save(tmp)
         print(">>>> Saved basic model:", path)

@@ -208,8 +208,9 @@ RESUME_SCRIPT = """
     original_callbacks = tt._callbacks
     tt._callbacks = lambda: original_callbacks() + [KillDuringEpoch()]
     sch = [{"loss": losses.ArcfaceLoss(scale=16), "centerloss": 0.1, "epoch": 3, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)}]
-    if initial_epoch:
+    if initial_epoch:  # the seed's way: the remaining epochs of the plan, from the epoch reached
         sch[0].pop("optimizer")
+        sch[0]["epoch"] -= initial_epoch
     tt.train(sch, initial_epoch)
     np.save("final_weights.npy", np.concatenate([w.ravel() for w in tt.model.get_weights()]))
 """
