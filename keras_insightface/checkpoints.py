@@ -13,7 +13,7 @@ A run saved as `save_path="name.h5"` owns, in `checkpoints/`:
 
 Every epoch end is one commit: the files are first written completely into `name_state/.epoch_<n>.partial/`,
 which is then renamed to `name_state/epoch_<n>` (the commit point: one atomic rename), and only then
-published under the names above (hard links, each renamed into place, the history last). A crash at any
+published under the names above (hard links, each renamed into place; the history, then the best basic model, last). A crash at any
 instant leaves the last committed epoch complete in `name_state/`, and `recover()` (run by `Train` when it
 loads a checkpoint) republishes it. The previous epoch is kept too, so a resume at the epoch the published
 history named just before a crash finds its exact state (`generation_of` / `generation_dir`).
@@ -43,7 +43,8 @@ PARTIAL_SUFFIX = ".partial"
 GENERATIONS_KEPT = 2
 # role -> file name inside a generation folder; "model" keeps the run's extension
 ROLE_FILES = {"optimizer": "optimizer.npz", "centers": "centers.npy", "history": "hist.json", "best_basic": "best_basic.h5"}
-PUBLISH_ORDER = ("optimizer", "centers", "model", "best_basic", "history")  # the history, which names the epoch, last
+# the history names the epochs done; a best basic model is published after it, so it is never newer than the history
+PUBLISH_ORDER = ("optimizer", "centers", "model", "history", "best_basic")
 
 
 class CheckpointError(RuntimeError):

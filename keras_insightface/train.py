@@ -140,7 +140,7 @@ class Train:
         self.run = checkpoints.RunCheckpoint(save_path)
         self.save_path, self.save_stem = self.run.model_path, self.run.stem
         self.resume_run, self.resume_epoch = None, None  # the run and committed epoch a loaded checkpoint came from
-        self.centers_file = self.run.centers_path
+        self.centers_file = None  # a checkpoint's centers when resuming; a new run starts from zero centers
         self.output_weight_decay = output_weight_decay
         self.lr_base, self.lr_decay, self.lr_decay_steps = lr_base, lr_decay, lr_decay_steps
         self.lr_min, self.lr_warmup_steps = lr_min, lr_warmup_steps

@@ -13,45 +13,10 @@ import pytest
 from keras_insightface import losses
 from keras_insightface import models
 from keras_insightface import train
+from tests.helpers import EMB, NUM_CLASSES, make_image_folder, tiny_basic_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LFW_BIN = os.path.join(REPO, "tests", "data", "faces_rec", "lfw.bin")
-NUM_CLASSES, IMAGES_PER_CLASS, EMB = 4, 8, 16
-
-
-def make_image_folder(root, num_classes=NUM_CLASSES, images_per_class=IMAGES_PER_CLASS, size=112, seed=0):
-    """Class c images are mostly colour c, so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    for class_id in range(num_classes):
-        os.makedirs(os.path.join(root, str(class_id)), exist_ok=True)
-        for image_id in range(images_per_class):
-            image = np.full((size, size, 3), 40 + 50 * class_id, np.uint8)
-            image[:, : size // 2, class_id % 3] = 230
-            image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-            cv2.imwrite(os.path.join(root, str(class_id), "{}.jpg".format(image_id)), image)
-    return str(root)
-
-
-def tiny_basic_model(emb=EMB, l2=0):
-    regularizer = keras.regularizers.L2(l2) if l2 else None
-    inputs = keras.Input((112, 112, 3))
-    nn = keras.layers.Conv2D(8, 3, strides=4, kernel_regularizer=regularizer)(inputs)
-    nn = keras.layers.GlobalAveragePooling2D()(nn)
-    nn = keras.layers.Dense(emb, kernel_regularizer=regularizer)(nn)
-    nn = keras.layers.BatchNormalization(name="embedding")(nn)
-    return keras.Model(inputs, nn, name="tiny")
-
-
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    keras.utils.set_random_seed(0)
-    return tmp_path
-
-
-@pytest.fixture()
-def dataset(workdir):
-    return make_image_folder(workdir / "faces")
 
 
 def seed_schedule(num_classes=NUM_CLASSES, emb=EMB):
@@ -173,7 +138,7 @@ def test_mirrored_strategy_two_logical_cpus(dataset, workdir):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras, losses, train
-        from tests.test_train import tiny_basic_model
+        from tests.helpers import tiny_basic_model
         with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
             tt = train.Train({dataset!r}, "mirrored.h5", basic_model=tiny_basic_model(), batch_size=4)
             print("GLOBAL_BATCH", tt.batch_size)
@@ -191,7 +156,7 @@ RESUME_SCRIPT = """
     import keras, numpy as np
     keras.utils.set_random_seed(0)
     from keras_insightface import losses, train
-    from tests.test_train import tiny_basic_model
+    from tests.helpers import tiny_basic_model
     data_path, save_name, kill_epoch, initial_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
     class KillDuringEpoch(keras.callbacks.Callback):

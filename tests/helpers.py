@@ -1,0 +1,31 @@
+"""Small data and models shared by the tests: an image folder a tiny model can learn, a tiny basic model."""
+import os
+
+import cv2
+import keras
+import numpy as np
+
+NUM_CLASSES, IMAGES_PER_CLASS, EMB = 4, 8, 16
+
+
+def make_image_folder(root, num_classes=NUM_CLASSES, images_per_class=IMAGES_PER_CLASS, size=112, seed=0):
+    """Class c images are mostly colour c, so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    for class_id in range(num_classes):
+        os.makedirs(os.path.join(root, str(class_id)), exist_ok=True)
+        for image_id in range(images_per_class):
+            image = np.full((size, size, 3), 40 + 50 * class_id, np.uint8)
+            image[:, : size // 2, class_id % 3] = 230
+            image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(os.path.join(root, str(class_id), "{}.jpg".format(image_id)), image)
+    return str(root)
+
+
+def tiny_basic_model(emb=EMB, l2=0):
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input((112, 112, 3))
+    nn = keras.layers.Conv2D(8, 3, strides=4, kernel_regularizer=regularizer)(inputs)
+    nn = keras.layers.GlobalAveragePooling2D()(nn)
+    nn = keras.layers.Dense(emb, kernel_regularizer=regularizer)(nn)
+    nn = keras.layers.BatchNormalization(name="embedding")(nn)
+    return keras.Model(inputs, nn, name="tiny")
