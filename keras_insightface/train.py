@@ -40,6 +40,7 @@ LOSS_TYPES = {
     losses.CenterLoss: "center",
     losses.BatchHardTripletLoss: "triplet",
     losses.BatchAllTripletLoss: "triplet",
+    losses.BatchAllTripletLossHermans: "triplet",
 }
 EMBEDDING_TYPES = ("center", "triplet")  # the model is the basic model itself: no classification head
 
