@@ -126,7 +126,7 @@ class Train:
         lr_warmup_steps=0,
         eval_freq=1,
         random_status=0,
-        random_crop=None,
+        random_crop=data.DEFAULT_RANDOM_CROP,
         image_per_class=0,
         img_shape=None,
         seed=None,
