@@ -164,5 +164,5 @@ def mobile_facenet(
 
 registry.register("mobilefacenet", "Custom", MobileFaceNet, name="mobilefacenet")
 registry.register("se_mobilefacenet", "Custom", MobileFaceNet, use_se=True, name="se_mobilefacenet")
-registry.register("mbf", "insightface", MobileFaceNetInsightface, name="mbf")
-registry.register("se_mbf", "insightface", MobileFaceNetInsightface, use_se=True, name="se_mbf")
+registry.register("mbf", "Custom", MobileFaceNetInsightface, name="mbf")
+registry.register("se_mbf", "Custom", MobileFaceNetInsightface, use_se=True, name="se_mbf")

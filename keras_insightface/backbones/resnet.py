@@ -133,4 +133,4 @@ for _name, _builder in BUILDERS.items():
 for _name, _builder in BUILDERS.items():
     registry.register("se_" + _name, "MXNet version resnet", _builder, use_se=True, name="se_" + _name)
 for _name, _builder in BUILDERS.items():
-    registry.register("iresnet" + _name[1:], "insightface", _builder, activation="prelu", name="iresnet" + _name[1:])
+    registry.register("iresnet" + _name[1:], "MXNet version resnet", _builder, activation="prelu", name="iresnet" + _name[1:])
