@@ -120,7 +120,7 @@ def test_print_buildin_models(capsys):
     assert lines[2].startswith("Keras application: mobilenet, mobilenetv2, resnet50, resnet50v2")
     assert "efficientnetb7" in lines[3] and "efficientnetv2l" in lines[3]
     assert "iresnet18, iresnet34, iresnet50, iresnet100" in lines[1]  # arcface_torch's PReLU iresnets
-    names = lines[4].split(": ")[1].split(", ")
+    names = lines[4].split(": ")[1].rstrip(",").split(", ")
     for name in ("resnest50", "ghostnet", "ghostnet_paper", "mobilefacenet", "se_mobilefacenet", "mbf", "se_mbf", "vargface"):
         assert name in names
     assert lines[5].startswith("Or other names from keras.applications")
