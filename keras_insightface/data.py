@@ -483,8 +483,9 @@ def prepare_dataset(
     """tf.data batches `(images, one_hot_labels)`, or `(images, (one_hot_labels, embeddings))` for distiller data.
 
     images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125`, augmented by `random_status` when
-    is_train. From random_status 3 on, a random `random_crop` (h, w[, c]) window of each image is resized back to
-    img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
+    is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
+    img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing; the RandAugment levels
+    >= 100 do not crop, as the original). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
     images. Unreadable images are skipped with a printed count.
     Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
@@ -529,7 +530,7 @@ def prepare_dataset(
     drop_remainder = is_train
     ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
     augment = make_augment(random_status, seed) if is_train else None
-    crop = random_crop if is_train and random_status >= RANDOM_CROP_LEVEL else None
+    crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
     finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop)
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)

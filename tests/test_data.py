@@ -257,9 +257,9 @@ def test_random_status_3_crops_100x100_by_default_like_the_original(tmp_path, mo
     monkeypatch.setattr(data, "_random_crop_resize", lambda images, seed, crop: calls.append(crop) or tf.cast(images, tf.float32))
     root = str(tmp_path / "crop_default")
     half_image_folder(root, 8, 0, 255)
-    for status in (2, 3):
+    for status in (2, 3, 100):
         data.prepare_dataset(root, batch_size=8, img_shape=SIZE, random_status=status, seed=1)
-    assert calls == [(100, 100, 3)]  # traced once, for random_status 3 only
+    assert calls == [(100, 100, 3)]  # traced once, for random_status 3 only (the original's RandAugment path does not crop)
     with pytest.raises(ValueError, match="random_crop"):
         monkeypatch.undo()
         data.prepare_dataset(root, batch_size=8, img_shape=SIZE, random_status=3, seed=1)
