@@ -24,7 +24,9 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from keras_insightface import models  # noqa: E402
 from bench_common import machine  # noqa: E402
 
-DEFAULT_NAMES = ["r18", "r34", "r50", "r100", "mobilefacenet", "mobilenet", "ghostnet", "mobilenetv3_small", "efficientnetb0"]
+DEFAULT_NAMES = [
+    "iresnet18", "iresnet34", "iresnet50", "iresnet100", "mbf", "mobilenet", "ghostnet_paper", "mobilenetv3_small", "efficientnetb0"
+]  # the networks of the README table
 INPUT_SHAPE = (112, 112, 3)
 
 

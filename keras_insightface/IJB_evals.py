@@ -451,6 +451,15 @@ def score_pairs(template_ids, template_feats, p1, p2):
     return pair_cosine(template_feats, positions(template_ids, p1), positions(template_ids, p2))
 
 
+def _checked_label_scores(label, scores):
+    label, scores = np.asarray(label).astype(bool), np.asarray(scores)
+    if len(label) != len(scores):
+        raise ValueError("{} labels for {} scores".format(len(label), len(scores)))
+    if label.all() or not label.any():
+        raise ValueError("an ROC curve needs both positive and negative pairs")
+    return label, scores
+
+
 def roc_upper_points(label, scores):
     """ROC vertices (fpr, tpr) holding the highest TPR at each FPR, the same points as `sklearn.metrics.roc_curve`.
 
@@ -458,12 +467,8 @@ def roc_upper_points(label, scores):
     at or above v_j) is reached with every positive above v_{j+1} accepted. Two value sorts replace
     roc_curve's stable argsort of all scores.  Usage: fpr, tpr = roc_upper_points(meta.label, scores)
     """
-    label, scores = np.asarray(label).astype(bool), np.asarray(scores)
-    if len(label) != len(scores):
-        raise ValueError("{} labels for {} scores".format(len(label), len(scores)))
+    label, scores = _checked_label_scores(label, scores)
     negatives, positives = np.sort(scores[~label])[::-1], np.sort(scores[label])
-    if len(negatives) == 0 or len(positives) == 0:
-        raise ValueError("an ROC curve needs both positive and negative pairs")
     run_ends = np.flatnonzero(np.append(negatives[1:] != negatives[:-1], True))
     thresholds = np.concatenate([negatives[run_ends], [-np.inf]])  # a positive passes when above the next lower negative
     fpr = np.concatenate([[0], (run_ends + 1) / len(negatives)])
@@ -471,20 +476,61 @@ def roc_upper_points(label, scores):
     return fpr, tpr
 
 
-def tar_at_far(label, scores, fars=FARS):
-    """TAR at each FAR: the highest TAR reached at that FAR on the ROC curve, linearly interpolated between FARs.
+def roc_curve_points(label, scores):
+    """(fpr, tpr) exactly as `sklearn.metrics.roc_curve(label, scores)` returns them (`drop_intermediate=True`).
 
-    Usage: tars = tar_at_far(meta.label, scores)  # array aligned with FARS
+    One point per distinct score (descending), counting the pairs at or above it, then the points whose
+    second differences of both counts are zero are dropped, and (0, 0) is put first.
+    Usage: fpr, tpr = roc_curve_points(meta.label, scores)
     """
+    label, scores = _checked_label_scores(label, scores)
+    order = np.argsort(scores)[::-1]
+    sorted_scores = scores[order]
+    run_ends = np.flatnonzero(np.append(sorted_scores[1:] != sorted_scores[:-1], True))
+    tps = np.cumsum(label[order])[run_ends]
+    fps = run_ends + 1 - tps
+    if len(fps) > 2:
+        keep = np.concatenate([[True], (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), [True]])
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.concatenate([[0], fps]), np.concatenate([[0], tps])
+    return fps / fps[-1], tps / tps[-1]
+
+
+def _tar_nearest(label, scores, fars):
+    """insightface's rule: on roc_curve's points, reversed, the TPR at the first argmin of |fpr - far|."""
+    fpr, tpr = roc_curve_points(label, scores)
+    fpr, tpr = fpr[::-1], tpr[::-1]  # insightface: "select largest tpr at same fpr"
+    return np.array([tpr[np.argmin(np.abs(fpr - far))] for far in fars])
+
+
+def _tar_interpolated(label, scores, fars):
+    """Highest TAR at each realizable FAR, linearly interpolated between them."""
     fpr, tpr = roc_upper_points(label, scores)
     return np.interp(fars, fpr, tpr)
 
 
-def tar_far_table(named_scores, label, fars=FARS):
+TAR_RULES = {"nearest": _tar_nearest, "interpolate": _tar_interpolated}
+
+
+def tar_at_far(label, scores, fars=FARS, rule="nearest"):
+    """TAR at each FAR, read on the ROC curve by `rule`.
+
+    "nearest" (default): insightface's IJB evaluation (evaluation/IJB, arcface_torch eval_ijbc.py) and the
+    original Keras_insightface: `fpr, tpr = roc_curve(label, scores)`, both reversed, TAR = tpr at
+    `argmin(abs(fpr - far))`. "interpolate": the highest TAR reached at each realizable FAR, linearly
+    interpolated between them (smoother at FARs finer than 1 / negatives).
+    Usage: tars = tar_at_far(meta.label, scores)  # array aligned with FARS
+    """
+    if rule not in TAR_RULES:
+        raise ValueError("tar_at_far: rule={!r}; expected one of {}".format(rule, ", ".join(TAR_RULES)))
+    return TAR_RULES[rule](label, scores, fars)
+
+
+def tar_far_table(named_scores, label, fars=FARS, rule="nearest"):
     """pandas table of TAR (%) per run name and FAR.  Usage: print(tar_far_table({"N0D1F1": scores}, meta.label))"""
     import pandas as pd
 
-    rows = {name: tar_at_far(label, scores, fars) * 100 for name, scores in named_scores.items()}
+    rows = {name: tar_at_far(label, scores, fars, rule) * 100 for name, scores in named_scores.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["{:.0e}".format(far) for far in fars])
 
 
@@ -529,7 +575,7 @@ def read_label_file(path):
 def roc_points(label, scores, num=400, far_range=(1e-6, 1.0)):
     """(far grid, tar) on a log-spaced FAR grid, few enough points to plot 15M pairs.  Usage: far, tar = roc_points(l, s)"""
     fars = np.logspace(np.log10(far_range[0]), np.log10(far_range[1]), num)
-    return fars, tar_at_far(label, scores, fars)
+    return fars, tar_at_far(label, scores, fars, rule="interpolate")
 
 
 def plot_roc_curves(named_scores, label, save_path):
@@ -553,7 +599,7 @@ def plot_roc_curves(named_scores, label, save_path):
     return save_path
 
 
-def plot_only(files, save_path=None):
+def plot_only(files, save_path=None, rule="nearest"):
     """`--plot_only score.npy ... label.(npy|txt)`: print the TAR table and plot the curves.  Usage: plot_only(["a.npy", "label.npy"])"""
     if len(files) < 2:
         raise ValueError("--plot_only needs one or more score .npy files followed by a label .npy / .txt file")
@@ -565,7 +611,7 @@ def plot_only(files, save_path=None):
         if len(scores) != len(label):
             raise ValueError("{}: {} scores, but {} has {} labels".format(path, len(scores), label_file, len(label)))
         named_scores[os.path.splitext(os.path.basename(path))[0]] = scores
-    table = tar_far_table(named_scores, label)
+    table = tar_far_table(named_scores, label, rule=rule)
     print(table.to_string(float_format="{:.4f}".format))
     save_path = save_path or os.path.join(os.path.dirname(os.path.abspath(score_files[0])), "roc.png")
     plot_roc_curves(named_scores, label, save_path)
@@ -684,6 +730,10 @@ def parse_arguments(argv=None):
         "--plot_only", nargs="+", default=None, metavar="FILE",
         help="score .npy files then a label file (.npy from -L, or the pair label .txt): print TARs, plot ROC curves",
     )
+    parser.add_argument(
+        "--interpolate_far", dest="tar_rule", action="store_const", const="interpolate", default="nearest",
+        help="read TAR@FAR by linear interpolation of the ROC curve; default: the ROC point nearest each FAR, as insightface",
+    )
     parser.add_argument("--plot_save", default=None, help="PNG path for --plot_only; default roc.png beside the first score file")
     args = parser.parse_args(argv)
     if args.plot_only is None and not (args.model_file or args.restore_embs):
@@ -696,7 +746,7 @@ def parse_arguments(argv=None):
 def run(args):
     """Run the evaluation described by parsed arguments; returns (TAR table, 1:N table or None)."""
     if args.plot_only is not None:
-        return plot_only(args.plot_only, args.plot_save), None
+        return plot_only(args.plot_only, args.plot_save, args.tar_rule), None
     meta = read_ijb_meta(args.data_path, args.subset, check_images=not args.restore_embs) if args.data_path else None
     one_n_sets = read_1n_meta(args.data_path, args.subset, meta.templates) if args.is_one_2_N else None
     save_dir = args.save_result or (os.path.dirname(os.path.abspath(args.restore_embs)) if args.restore_embs else "IJB_result")
@@ -726,7 +776,8 @@ def run(args):
         save_npy(os.path.join(save_dir, args.subset + "_label.npy"), meta.label)
         print(">>>> Saved labels: {}".format(os.path.join(save_dir, args.subset + "_label.npy")))
 
-    table = tar_far_table({"{}_{}".format(base, scenario): scores for scenario, scores in all_scores.items()}, meta.label)
+    named_scores = {"{}_{}".format(base, scenario): scores for scenario, scores in all_scores.items()}
+    table = tar_far_table(named_scores, meta.label, rule=args.tar_rule)
     print(table.to_string(float_format="{:.4f}".format))
     save_table(os.path.join(save_dir, base + ".csv"), table)
     table_1n = None

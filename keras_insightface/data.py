@@ -217,6 +217,7 @@ AUGMENT_LEVELS = (
     (2, _random_saturation),
 )
 RANDOM_CROP_LEVEL = 3
+DEFAULT_RANDOM_CROP = (100, 100, 3)  # the original Keras_insightface's default: a 100x100 window of a 112x112 face
 RANDAUGMENT_LEVEL = 100
 
 
@@ -241,7 +242,9 @@ def _random_crop_resize(images, seed, random_crop):
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     crop_h, crop_w = int(random_crop[0]), int(random_crop[1])
     if crop_h > height or crop_w > width:
-        raise ValueError("random_crop={} is larger than the image shape ({}, {})".format(random_crop, height, width))
+        raise ValueError(
+            "random_crop={} is larger than the image shape ({}, {}); pass a smaller random_crop, or None".format(random_crop, height, width)
+        )
     offsets = tf.floor(tf.random.stateless_uniform([batch, 2], seed) * [height - crop_h + 1, width - crop_w + 1])
     top, left = offsets[:, 0], offsets[:, 1]
     boxes = tf.stack([top / (height - 1), left / (width - 1), (top + crop_h - 1) / (height - 1), (left + crop_w - 1) / (width - 1)], axis=1)
@@ -459,7 +462,7 @@ def prepare_dataset(
     batch_size=128,
     img_shape=(112, 112),
     random_status=0,
-    random_crop=None,
+    random_crop=DEFAULT_RANDOM_CROP,
     image_per_class=0,
     cache=False,
     shuffle_buffer_size=None,
@@ -469,7 +472,9 @@ def prepare_dataset(
     """tf.data batches `(images, one_hot_labels)`, or `(images, (one_hot_labels, embeddings))` for distiller data.
 
     images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125`, augmented by `random_status` when
-    is_train. `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
+    is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
+    img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing; the RandAugment levels
+    >= 100 do not crop, as the original). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
     images. Unreadable images are skipped with a printed count.
     Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
@@ -514,7 +519,7 @@ def prepare_dataset(
     drop_remainder = is_train
     ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
     augment = make_augment(random_status, seed) if is_train else None
-    crop = random_crop if is_train and random_status >= RANDOM_CROP_LEVEL else None
+    crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
     finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop)
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)

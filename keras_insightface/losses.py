@@ -21,6 +21,7 @@ from .io_utils import atomic_path
 
 _PACKAGE = "keras_insightface"
 _TINY = 1e-12  # floor of sin^2(theta); keeps gradients finite at cosine == +/-1
+_DISTILL_EPSILON = 1e-5  # added to the embedding norms in distiller_loss_cosine, as the original
 
 
 def _register(obj):
@@ -68,7 +69,12 @@ def _target_indices(y_true):
 
 
 def _split_feature_norm(y_true, y_pred):
-    """Cosines, feature norm and matching one-hot labels from a `NormDense(append_norm=True)` output."""
+    """Cosines, feature norm and matching one-hot labels from a `NormDense(append_norm=True)` output.
+
+    The norm is read as the absolute value of the last column: our NormDense appends `+norm`, the original
+    Keras_insightface NormDense appends `-norm` (and its losses negate it back), so both layouts give the
+    same loss.
+    """
     width, classes = y_pred.shape[-1], y_true.shape[-1]
     if classes == width:
         y_true = y_true[:, :-1]
@@ -77,7 +83,7 @@ def _split_feature_norm(y_true, y_pred):
             "feature-norm loss expects y_pred = NormDense(append_norm=True) output, one column wider than the "
             "one-hot y_true; got y_true width {} and y_pred width {}".format(classes, width)
         )
-    return y_true, y_pred[:, :-1], y_pred[:, -1]
+    return y_true, y_pred[:, :-1], ops.abs(y_pred[:, -1])
 
 
 class _MarginSoftmaxLoss(keras.losses.Loss):
@@ -101,6 +107,7 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         feature_norm = None
         if self.uses_feature_norm:
             y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
+        y_pred = self._cosines(y_pred)
         target_cos = ops.sum(y_true * y_pred, axis=-1)
         target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
         logits = ops.scatter_update(y_pred, _target_indices(y_true), target_logit - target_cos, reduction="add")
@@ -110,6 +117,10 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         if self.uses_feature_norm:
             loss = loss + self._regularizer(feature_norm)
         return loss
+
+    def _cosines(self, y_pred):
+        """The cosines the margin and the softmax work on; subclasses may clip them."""
+        return y_pred
 
     def _target_logit(self, target_cos, feature_norm):
         raise NotImplementedError
@@ -278,7 +289,10 @@ class MagFaceLoss(_MarginSoftmaxLoss):
     (`y_true` has one column fewer). With `a` clipped to `[min_feature_norm, max_feature_norm]`,
     margin `m(a) = min_margin + (max_margin - min_margin) * (a - min_feature_norm) / (max_feature_norm
     - min_feature_norm)`, target logit `cos(theta + m(a))` with the non-easy-margin rule, and the loss
-    adds `regularizer_loss_lambda * (a / max_feature_norm**2 + 1 / a)`.
+    adds `regularizer_loss_lambda * (a / max_feature_norm**2 + 1 / a)`. This is the official MagFace
+    (IrvingMeng/MagFace, `easy_margin=False`). The original Keras_insightface instead clips every cosine to
+    `[-1 + 1e-3, 1 - 1e-3]` and takes `min(cos(theta + m), cos)` past the boundary; for cosines within
+    `+/-(1 - 1e-3)` and `theta + m < pi` both give the same loss (docs/losses.md).
     Usage: loss = MagFaceLoss(scale=64.0)
     """
 
@@ -337,7 +351,9 @@ class AdaFaceLoss(_MarginSoftmaxLoss):
     `mean = t_alpha * batch_mean + (1 - t_alpha) * mean`, same for the unbiased std. Per sample
     `s = clip(h * (norm - mean) / (std + 1e-3), -1, 1)`; the target logit is
     `cos(clip(theta - margin * s, 1e-3, pi - 1e-3)) - (margin + margin * s)` with
-    `theta = arccos(clip(cos_t, -1 + 1e-3, 1 - 1e-3))`; non-target cosines are unchanged.
+    `theta = arccos(cos_t)`. Every cosine (target and non-target) is first clipped to
+    `[-1 + 1e-3, 1 - 1e-3]`, as the official AdaFace (`cosine.clamp(-1 + eps, 1 - eps)`) and the original
+    Keras_insightface do.
     Usage: loss = AdaFaceLoss(margin=0.4, h=0.333, scale=64.0)
     """
 
@@ -361,9 +377,12 @@ class AdaFaceLoss(_MarginSoftmaxLoss):
         self.batch_std.assign(std)
         return ops.clip(self.h * (norms - mean) / (std + self._EPS), -1.0, 1.0)
 
+    def _cosines(self, y_pred):
+        return ops.clip(y_pred, -1.0 + self._EPS, 1.0 - self._EPS)
+
     def _target_logit(self, target_cos, feature_norm):
         scaler = ops.cast(self._margin_scaler(feature_norm), target_cos.dtype)
-        theta = ops.arccos(ops.clip(target_cos, -1.0 + self._EPS, 1.0 - self._EPS))
+        theta = ops.arccos(target_cos)
         theta_m = ops.clip(theta - self.margin * scaler, self._EPS, math.pi - self._EPS)
         return ops.cos(theta_m) - (self.margin + self.margin * scaler)
 
@@ -413,8 +432,9 @@ class CenterLoss(keras.losses.Loss):
     """Center loss (Wen et al., "A Discriminative Feature Learning Approach for Deep Face Recognition", ECCV 2016).
 
     `y_true`: one-hot (or integer) labels; `y_pred`: embeddings. Loss per sample is
-    `factor * sum over feature dims of (x_i - c_{y_i})**2` (Keras then takes the mean over the
-    batch), using the centers before this batch's update. Each call then moves the non-trainable
+    `factor * sum over feature dims of (x_i - c_{y_i})**2 / 2` (the paper's `1/2 ||x - c||^2`, as the
+    original Keras_insightface; Keras then takes the mean over the batch), using the centers before this
+    batch's update. Each call then moves the non-trainable
     centers toward the batch features: `c_j -= alpha * sum_{i: y_i = j}(c_j - x_i) / (1 + n_j)`, `n_j`
     the count of class j in the batch. Centers are not part of `get_config`: `save_centers(path)`
     writes them to a `.npy` file, and `initial_file` (when it exists) loads them back.
@@ -455,7 +475,7 @@ class CenterLoss(keras.losses.Loss):
         counts = ops.take(ops.bincount(labels, minlength=self.num_classes), labels)
         delta = self.alpha * ops.stop_gradient(centers_batch - embeddings) / (1.0 + ops.cast(counts, "float32"))[:, None]
         _scatter_sub(self.centers, labels, delta)
-        return self.factor * ops.sum(ops.square(embeddings - centers_batch), axis=-1)
+        return 0.5 * self.factor * ops.sum(ops.square(embeddings - centers_batch), axis=-1)
 
     def save_centers(self, path):
         """Write the centers to `path` (`.npy`) atomically.  Usage: center_loss.save_centers("m_centers.npy")"""
@@ -540,12 +560,36 @@ class BatchHardTripletLoss(_TripletLoss):
 
 @_register
 class BatchAllTripletLoss(_TripletLoss):
+    """Batch-all triplet loss as the original Keras_insightface defines it, on cosine similarity `s`.
+
+    Per anchor `a`, with `P(a)` its same-label samples (the anchor included) and `s_p = min_{p in P(a)} s(a, p)`
+    its hardest positive similarity:
+    `mean_{p in P(a)} (1 - s(a, p)) + sum_{n in N(a)} s(a, n) / (|N(a)| + 1)`, where `N(a)` holds the
+    other-label samples with `s_p - s(a, n) < alpha` (the negatives that violate the margin). Keras then
+    takes the mean over anchors. Embeddings are L2-normalized; `y_true`: one-hot or integer labels.
+    The textbook batch-all (mean of the non-zero hinge terms) is `BatchAllTripletLossHermans`.
+    Usage: loss = BatchAllTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        same = _same_label_matrix(y_true)
+        sim = _cosine_similarity_matrix(y_pred)
+        same_float = ops.cast(same, sim.dtype)
+        positive_loss = ops.sum(same_float * (1.0 - sim), axis=-1) / ops.sum(same_float, axis=-1)
+        hardest_positive = ops.min(ops.where(same, sim, 1.0), axis=-1, keepdims=True)
+        violating = ops.cast(ops.logical_and(ops.logical_not(same), hardest_positive - sim < self.alpha), sim.dtype)
+        negative_loss = ops.sum(violating * sim, axis=-1) / (ops.sum(violating, axis=-1) + 1.0)
+        return positive_loss + negative_loss
+
+
+@_register
+class BatchAllTripletLossHermans(_TripletLoss):
     """Batch-all triplet loss (Hermans et al. 2017, "BA != 0") on cosine distance `d = 1 - cos`.
 
     Over every triplet (a, p, n) of the batch with p != a of a's label and n of another label,
     `l = max(0, d(a, p) - d(a, n) + alpha)`; the loss is the mean of the non-zero `l` (0 when none).
     Memory grows as batch**3. `y_true`: one-hot or integer labels.
-    Usage: loss = BatchAllTripletLoss(alpha=0.35)
+    Usage: loss = BatchAllTripletLossHermans(alpha=0.35)
     """
 
     def call(self, y_true, y_pred):
@@ -570,12 +614,18 @@ def distiller_loss_euclidean(true_emb, pred_emb):
 
 @_register
 def distiller_loss_cosine(true_emb, pred_emb):
-    """`1 - cosine similarity` between teacher and student embeddings, per sample.
+    """`1 - cosine similarity` between teacher and student embeddings, per sample, as the original Keras_insightface.
 
+    Non-finite teacher values are replaced by `sqrt(1 / dim)`, and each embedding is divided by its L2 norm
+    plus 1e-5 (so an all-zero student gives loss 1, not NaN).
     Usage: model.compile(loss={"embedding": losses.distiller_loss_cosine}, loss_weights={"embedding": 7}, ...)
     """
+    true_emb = ops.convert_to_tensor(true_emb)
+    pred_emb = ops.cast(pred_emb, true_emb.dtype)
+    fill = math.sqrt(1.0 / true_emb.shape[-1])
+    true_emb = ops.where(ops.isfinite(true_emb), true_emb, fill)
 
     def normalize(emb):
-        return emb / ops.sqrt(ops.maximum(ops.sum(ops.square(emb), axis=-1, keepdims=True), _TINY))
+        return emb / (ops.sqrt(ops.sum(ops.square(emb), axis=-1, keepdims=True)) + _DISTILL_EPSILON)
 
     return 1.0 - ops.sum(normalize(true_emb) * normalize(pred_emb), axis=-1)

@@ -40,6 +40,7 @@ LOSS_TYPES = {
     losses.CenterLoss: "center",
     losses.BatchHardTripletLoss: "triplet",
     losses.BatchAllTripletLoss: "triplet",
+    losses.BatchAllTripletLossHermans: "triplet",
 }
 EMBEDDING_TYPES = ("center", "triplet")  # the model is the basic model itself: no classification head
 
@@ -122,7 +123,7 @@ class Train:
         lr_warmup_steps=0,
         eval_freq=1,
         random_status=0,
-        random_crop=None,
+        random_crop=data.DEFAULT_RANDOM_CROP,
         image_per_class=0,
         img_shape=None,
         seed=None,

@@ -117,6 +117,16 @@ def reference_tar(label, scores, far):
     return np.mean(scores[label == 1] > threshold)
 
 
+def insightface_tar(label, scores, far):
+    """insightface evaluation/IJB (and arcface_torch eval_ijbc.py, the original Keras_insightface): roc_curve,
+    both arrays flipped ("select largest tpr at same fpr"), TAR = tpr at the first argmin of |fpr - far|."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(label, scores)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    return tpr[np.argmin(abs(fpr - far))]
+
+
 # ------------------------------------------------------------------------------------------------ tests
 def test_alignment_is_identity_on_the_template_and_undoes_a_similarity(tmp_path):
     face = smooth_face(3)
@@ -157,11 +167,12 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     csv = pd.read_csv(os.path.join(out, "tiny_model_IJBC.csv"), index_col=0)
     assert list(csv.columns) == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
     label = np.array([pair[2] for pair in pairs])
-    # 12 negatives: FAR 1e-1 allows one false accept (floor(1.2)); interpolate between 1/12 (floor) and 2/12
-    tar_1 = reference_tar(label, expected, 1 / 12)
-    tar_2 = reference_tar(label, expected, 2 / 12)
-    expected_tar = tar_1 + (tar_2 - tar_1) * (0.1 - 1 / 12) / (1 / 12)
-    assert csv.loc["tiny_model_IJBC_N0D1F1", "1e-01"] == pytest.approx(expected_tar * 100, abs=1e-6)
+    # the default rule is insightface's: the ROC point nearest each FAR
+    for far in IJB_evals.FARS:
+        column = "{:.0e}".format(far)
+        assert csv.loc["tiny_model_IJBC_N0D1F1", column] == pytest.approx(insightface_tar(label, expected, far) * 100, abs=1e-6)
+    # 12 negatives: FAR 1e-1 lies between 1/12 and 2/12 false accepts; the nearest point is 1/12
+    assert csv.loc["tiny_model_IJBC_N0D1F1", "1e-01"] == pytest.approx(reference_tar(label, expected, 1 / 12) * 100, abs=1e-6)
 
     one_n = pd.read_csv(os.path.join(out, "tiny_model_IJBC_1N.csv"), index_col=[0, 1])
     for gallery, members in (("G1", GALLERIES["G1"]), ("G2", GALLERIES["G2"])):
@@ -241,10 +252,15 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
     # no flipped embeddings: the default scenario runs as N0D1F0; scores in percent
     assert list(table.index) == ["hand_IJBC_N0D1F0"]
     # FAR 1e-2 = one false accept (0.95): the 0.9 genuines pass, TAR 80%; from 2 false accepts every genuine
-    # passes; below 1e-2 the curve is interpolated from (0, 0) to (1e-2, 80%)
-    expected = {"1e-06": 0.008, "1e-05": 0.08, "1e-04": 0.8, "1e-03": 8.0, "1e-02": 80.0, "1e-01": 100.0}
+    # passes; below 1e-2 the nearest ROC point is FAR 0, where no genuine passes (insightface's rule)
+    expected = {"1e-06": 0.0, "1e-05": 0.0, "1e-04": 0.0, "1e-03": 0.0, "1e-02": 80.0, "1e-01": 100.0}
     for far, tar in expected.items():
         assert table.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
+    # --interpolate_far: below 1e-2 the curve is interpolated from (0, 0) to (1e-2, 80%)
+    interpolated, _ = IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-d", root, "-s", "IJBC", "--interpolate_far"]))
+    expected = {"1e-06": 0.008, "1e-05": 0.08, "1e-04": 0.8, "1e-03": 8.0, "1e-02": 80.0, "1e-01": 100.0}
+    for far, tar in expected.items():
+        assert interpolated.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
     assert os.path.exists(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy"))
     saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC.csv"), index_col=0)
     assert saved.loc["hand_IJBC_N0D1F0", "1e-02"] == pytest.approx(80.0)
@@ -316,7 +332,27 @@ def test_pair_scoring_paths_and_tar_agree_with_plain_numpy():
     fpr, tpr, _ = roc_curve(label, scores, drop_intermediate=False)
     highest = np.append(fpr[1:] != fpr[:-1], True)
     fars = np.logspace(-6, 0, 40)
-    np.testing.assert_allclose(IJB_evals.tar_at_far(label, scores, fars), np.interp(fars, fpr[highest], tpr[highest]), atol=1e-12)
+    interpolated = IJB_evals.tar_at_far(label, scores, fars, rule="interpolate")
+    np.testing.assert_allclose(interpolated, np.interp(fars, fpr[highest], tpr[highest]), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tar_at_far_default_is_insightface_nearest_roc_point(seed):
+    """Against sklearn's roc_curve + flipud + argmin (insightface IJB_11.py / arcface_torch eval_ijbc.py), with ties."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    label = rng.random(3000) < 0.3
+    scores = np.round(rng.normal(size=3000) + 1.5 * label, 1 + seed)  # many ties, horizontal and vertical runs
+    fpr, tpr, _ = roc_curve(label, scores)
+    points = IJB_evals.roc_curve_points(label, scores)
+    np.testing.assert_allclose(points[0], fpr, atol=0)
+    np.testing.assert_allclose(points[1], tpr, atol=0)
+    fars = list(IJB_evals.FARS) + list(np.linspace(0, 1, 101)) + [1.5 / label.sum()]
+    expected = [insightface_tar(label, scores, far) for far in fars]
+    np.testing.assert_array_equal(IJB_evals.tar_at_far(label, scores, fars), expected)
+    with pytest.raises(ValueError, match="rule"):
+        IJB_evals.tar_at_far(label, scores, fars, rule="spline")
 
 
 # ------------------------------------------------------------------------------------------------ malformed meta

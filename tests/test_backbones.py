@@ -1,4 +1,4 @@
-"""Tests of the custom backbones: GhostNet, MobileNetV3, ResNeSt, SE-ResNeXt.
+"""Tests of the custom backbones: GhostNet, MobileNetV3, ResNeSt, SE-ResNeXt; the original's networks under the seed's names.
 
 Parameter counts are derived by hand from the papers' layer tables (trainable weights: conv kernels
 and biases, BatchNorm gamma and beta) and compared with the published totals once the ImageNet
@@ -188,6 +188,8 @@ def test_no_pretrained_weights_and_headless_only(builder):
 
 def test_ghostnet_width_scales_channels():
     assert ghostnet.GhostNet(input_shape=SMALL_INPUT, width=1.3, strides=1).output.shape == (None, 4, 4, 1248)  # 960 * 1.3
+    original = ghostnet.GhostNet(input_shape=SMALL_INPUT, width=1.3, last_expand=512)
+    assert original.output.shape == (None, 2, 2, 664)  # make_divisible(512 * 1.3, 4)
 
 
 def test_resnest_needs_fixed_input_size():
@@ -262,3 +264,68 @@ def test_save_and_reload_without_custom_objects(tmp_path, suffix):
             rtol=1e-6,
             atol=1e-7,
         )
+
+
+# ---------------------------------------------------------------- the original Keras_insightface's networks
+# (count_params, trainable params, output shape) of the headless backbones at 112x112x3, weights=None, read by
+# running the original's own builders (leondgarse/Keras_insightface@520a9da, backbones/mobile_facenet.py
+# MobileFaceNet(include_top=False, use_se=...), ghost_model.py GhostNet(include_top=False, width=1.3) as its
+# models.py calls it, resnet.py ResNetNN(classes=0, ...), vargface.py VargFace(...)) under TF 2.21 / Keras 3;
+# their SE's tf.reduce_mean was replaced by the parameter-free GlobalAveragePooling2D(keepdims=True) to build
+# under Keras 3. The trainable counts are the ones quoted from the side-by-side run (e.g. mobilefacenet 848,256).
+ORIGINAL_BACKBONES = {
+    ("mobilefacenet", ()): (865_536, 848_256, (7, 7, 128)),
+    ("se_mobilefacenet", ()): (890_376, 873_096, (7, 7, 128)),
+    ("ghostnet", ()): (3_701_016, 3_674_816, (4, 4, 664)),
+    ("vargface", ()): (3_022_560, 2_989_984, (1, 1, 1024)),
+    ("vargface", (("se_ratio", 0.25),)): (3_176_744, 3_144_168, (1, 1, 1024)),
+    ("r18", ()): (11_188_672, 11_176_000, (7, 7, 512)),
+    ("r18", (("use_max_pool", True),)): (11_184_320, 11_171_776, (7, 7, 512)),
+    ("r18", (("activation", "prelu"),)): (11_190_656, 11_177_984, (7, 7, 512)),
+    ("se_r18", ()): (11_275_712, 11_263_040, (7, 7, 512)),
+    ("r34", ()): (21_311_680, 21_287_872, (7, 7, 512)),
+    ("se_r34", ()): (21_468_864, 21_445_056, (7, 7, 512)),
+    ("r50", ()): (30_773_440, 30_737_344, (7, 7, 512)),
+    ("r50", (("use_max_pool", True),)): (30_769_088, 30_733_120, (7, 7, 512)),
+    ("se_r50", ()): (30_996_160, 30_960_064, (7, 7, 512)),
+    ("r100", ()): (52_364_992, 52_297_408, (7, 7, 512)),
+    ("r101", ()): (41_417_920, 41_368_000, (7, 7, 512)),
+}
+
+
+@pytest.mark.parametrize("name, kwargs", list(ORIGINAL_BACKBONES), ids=lambda value: str(value))
+def test_seed_names_build_the_original_networks(name, kwargs):
+    from keras_insightface.backbones import registry
+
+    total, trainable, output_shape = ORIGINAL_BACKBONES[(name, kwargs)]
+    model = registry.get_backbone_builder(name)(input_shape=(112, 112, 3), **dict(kwargs))
+    assert (model.count_params(), trainable_count(model), model.output.shape[1:]) == (total, trainable, output_shape)
+
+
+def test_original_resnet_layout_relu_se_and_max_pool_shortcut():
+    from keras_insightface.backbones import resnet
+
+    relu = resnet.ResNet18(input_shape=SMALL_INPUT)
+    assert not any(isinstance(layer, keras.layers.PReLU) for layer in relu.layers)
+    assert relu.get_layer("stem_bn").epsilon == 1e-5 and relu.get_layer("stem_bn").momentum == 0.9
+    pooled = resnet.ResNet18(input_shape=SMALL_INPUT, use_max_pool=True, use_se=True)
+    assert "stack1_block1_shortcut_pool" in [layer.name for layer in pooled.layers]  # 64 -> 64: 1x1 max pool, stride 2
+    assert "stack2_block1_shortcut_conv" in [layer.name for layer in pooled.layers]
+    reduce = pooled.get_layer("stack4_block2_se_reduce")
+    assert reduce.filters == 512 // 16 and not reduce.use_bias
+
+
+# insightface's own variants and the paper's GhostNet, kept under names that say so: (count_params, output shape) at 112x112.
+OTHER_VARIANTS = {
+    "mbf": (929_536, (7, 7, 512)),  # insightface fmobilefacenet, the previous "mobilefacenet" of this project
+    "se_mbf": (1_024_096, (7, 7, 512)),  # with SE reduction 4
+    "ghostnet_paper": (2_693_396, (4, 4, 960)),  # GhostNet 1.0x of the paper; trainable part checked by hand above
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_VARIANTS))
+def test_insightface_and_paper_variants_stay_reachable(name):
+    from keras_insightface.backbones import registry
+
+    model = registry.get_backbone_builder(name)(input_shape=(112, 112, 3))
+    assert (model.count_params(), model.output.shape[1:]) == OTHER_VARIANTS[name]

@@ -233,6 +233,38 @@ def test_random_crop_keeps_shape(tmp_path):
     assert images.shape == (8,) + SIZE + (3,) and images.min() >= -1 and images.max() <= 1
 
 
+def test_random_crop_resize_takes_a_window_of_the_crop_size():
+    """On a horizontal ramp I[y, x] = x, a w-wide window starting at column l, resized back to W columns with
+    corner-aligned bilinear sampling, reads l + j * (w - 1) / (W - 1) in column j: linear, exact."""
+    ramp = np.broadcast_to(np.arange(112, dtype="float32")[None, :, None, None], (112, 112, 3, 1)).transpose(3, 0, 1, 2)
+    images = tf.constant(np.repeat(ramp, 6, axis=0))
+    out = data._random_crop_resize(images, tf.constant([3, 4]), (100, 100, 3)).numpy()
+    offsets = out[:, 0, 0, 0]
+    assert np.all(offsets == np.round(offsets)) and offsets.min() >= 0 and offsets.max() <= 12
+    expected = offsets[:, None] + np.arange(112)[None, :] * 99 / 111
+    np.testing.assert_allclose(out[:, 50, :, 1], expected, atol=1e-3)
+
+
+def test_random_status_3_crops_100x100_by_default_like_the_original(tmp_path, monkeypatch):
+    """The original Keras_insightface: RandomProcessImage(random_crop=(100, 100, 3)) crops at random_status >= 3."""
+    import inspect
+
+    from keras_insightface import train
+
+    assert inspect.signature(data.prepare_dataset).parameters["random_crop"].default == (100, 100, 3)
+    assert inspect.signature(train.Train).parameters["random_crop"].default == (100, 100, 3)
+    calls = []
+    monkeypatch.setattr(data, "_random_crop_resize", lambda images, seed, crop: calls.append(crop) or tf.cast(images, tf.float32))
+    root = str(tmp_path / "crop_default")
+    half_image_folder(root, 8, 0, 255)
+    for status in (2, 3, 100):
+        data.prepare_dataset(root, batch_size=8, img_shape=SIZE, random_status=status, seed=1)
+    assert calls == [(100, 100, 3)]  # traced once, for random_status 3 only (the original's RandAugment path does not crop)
+    with pytest.raises(ValueError, match="random_crop"):
+        monkeypatch.undo()
+        data.prepare_dataset(root, batch_size=8, img_shape=SIZE, random_status=3, seed=1)
+
+
 # ---------------------------------------------------------------- errors and skipping
 def test_corrupt_images_are_skipped_and_counted(tmp_path, capfd):
     root = tmp_path / "corrupt"

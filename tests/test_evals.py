@@ -183,6 +183,23 @@ def test_best_threshold_accuracy_hand_worked():
     assert accuracy == pytest.approx(7 / 8) and threshold == pytest.approx(0.2)
 
 
+def original_top10_accuracy(similarities, issame):
+    """The original Keras_insightface eval_callback: thresholds only among the top 10% of negative scores."""
+    tt, ff = np.sort(similarities[issame]), np.sort(similarities[~issame])
+    t_steps = int(0.1 * ff.shape[0])
+    return max((tt > vv).sum() + (ff <= vv).sum() for vv in ff[-t_steps:]) / len(similarities)
+
+
+def test_best_threshold_accuracy_is_exhaustive_unlike_the_original_top_10_percent():
+    rng = np.random.default_rng(5)
+    issame = np.arange(400) % 2 == 0
+    similarities = rng.normal(size=400) * 0.2 + 0.25 * issame  # a weak model: the best threshold is a low one
+    brute = max(np.mean((similarities > t) == issame) for t in np.append(similarities, -np.inf))
+    accuracy, threshold = evals.best_threshold_accuracy(similarities, issame)
+    assert accuracy == pytest.approx(brute) and np.mean((similarities > threshold) == issame) == pytest.approx(brute)
+    assert original_top10_accuracy(similarities, issame) < accuracy - 0.01  # the original reports a lower maximum
+
+
 def test_best_threshold_accuracy_when_all_pairs_same():
     accuracy, threshold = evals.best_threshold_accuracy(np.array([0.5, -0.5]), np.array([True, True]))
     assert accuracy == 1.0 and threshold < -0.5

@@ -180,6 +180,31 @@ def test_magface():
     np.testing.assert_allclose(run_loss(loss, y_true, with_norm(cos, norms)), expected, rtol=1e-5, atol=1e-5)
 
 
+def magface_original_keras(y_true, cos_with_negative_norm, scale=64.0):
+    """The original Keras_insightface MagFaceLoss: its NormDense appends -norm; every cosine is clipped to
+    +/-(1 - 1e-3); target logit min(cos(theta + m), cos); regularizer lambda * (a / u_a**2 + 1 / a)."""
+    cos, norm = cos_with_negative_norm[:, :-1], -cos_with_negative_norm[:, -1]
+    cos = np.clip(cos, -1 + 1e-3, 1 - 1e-3)
+    a = np.clip(norm, 10, 110)
+    margin = ((0.8 - 0.45) / (110 - 10) * (a - 10) + 0.45)[:, None]
+    margined = cos * np.cos(margin) - np.sqrt(np.maximum(1 - cos**2, 0)) * np.sin(margin)
+    logits = np.minimum(np.where(y_true > 0, margined, cos), cos) * scale
+    return softmax_ce(y_true, logits) + 35.0 * (a / 110**2 + 1 / a)
+
+
+def test_magface_equals_the_original_keras_on_regular_cosines_and_either_norm_sign():
+    """Cosines within +/-0.99 and margins below pi - theta: the original's clip and min() change nothing."""
+    labels = RNG.integers(0, NUM_CLASSES, size=16)
+    y_true = np.eye(NUM_CLASSES)[labels]
+    cos = RNG.uniform(-0.99, 0.99, size=(16, NUM_CLASSES))
+    cos[np.arange(16), labels] = RNG.uniform(-0.3, 0.99, size=16)  # theta + m(a) < pi for m <= 0.8
+    norms = RNG.uniform(1, 150, size=16)
+    loss = losses.MagFaceLoss(scale=64.0, dtype="float64")
+    expected = magface_original_keras(y_true, with_norm(cos, -norms))
+    np.testing.assert_allclose(run_loss(loss, y_true, with_norm(cos, -norms)), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run_loss(loss, y_true, with_norm(cos, norms)), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_adaface_with_running_norm_statistics():
     loss = losses.AdaFaceLoss(margin=0.4, h=0.333, scale=64.0, t_alpha=0.01, dtype="float64")
     mean, std = 20.0, 100.0
@@ -190,9 +215,10 @@ def test_adaface_with_running_norm_statistics():
         mean = 0.01 * safe.mean() + 0.99 * mean
         std = 0.01 * safe.std(ddof=1) + 0.99 * std
         scaler = np.clip(0.333 * (safe - mean) / (std + 1e-3), -1, 1)
-        theta = np.arccos(np.clip(target_of(y_true, cos), -1 + 1e-3, 1 - 1e-3))
+        clipped = np.clip(cos, -1 + 1e-3, 1 - 1e-3)  # official AdaFace and the original clip every cosine
+        theta = np.arccos(target_of(y_true, clipped))
         target = np.cos(np.clip(theta - 0.4 * scaler, 1e-3, np.pi - 1e-3)) - (0.4 + 0.4 * scaler)
-        expected = margin_softmax(y_true, cos, target, 64.0)
+        expected = margin_softmax(y_true, clipped, target, 64.0)
         np.testing.assert_allclose(run_loss(loss, y_true, with_norm(cos, norms)), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose([float(loss.batch_mean.numpy()), float(loss.batch_std.numpy())], [mean, std], rtol=1e-5)
 
@@ -282,7 +308,8 @@ def test_center_loss_value_and_update_rule():
     loss = losses.CenterLoss(6, 4, alpha=0.5, factor=0.3)
     loss.centers.assign(centers)
     value = float(loss(np.eye(6, dtype="float32")[labels], embeddings))
-    expected = 0.3 * ((embeddings - centers[labels]) ** 2).sum(axis=1).mean()
+    # the original Keras_insightface: reduce_sum(square(x - c), -1) / 2 per sample (Wen et al.'s 1/2 ||x - c||^2)
+    expected = 0.3 * ((embeddings - centers[labels]) ** 2).sum(axis=1).mean() / 2
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(loss.centers.numpy(), center_update(centers, labels, embeddings, 0.5), rtol=1e-5, atol=1e-6)
     loss(labels[:, None].astype("float32"), embeddings)  # integer labels work too
@@ -369,6 +396,19 @@ def batch_hard_reference(labels, emb, alpha):
     return np.mean(out)
 
 
+def batch_all_original_reference(labels, emb, alpha):
+    """The original Keras_insightface BatchAllTripletLoss, per anchor, on cosine similarity s:
+    mean over same-label p (anchor included) of 1 - s(a, p), plus the sum of s(a, n) over other-label n with
+    min_p s(a, p) - s(a, n) < alpha, divided by (their count + 1); then the mean over anchors."""
+    sim, out = 1 - cosine_distance(emb), []
+    for a in range(len(labels)):
+        positives = [sim[a, p] for p in range(len(labels)) if labels[p] == labels[a]]
+        hardest = min(positives)
+        violating = [sim[a, n] for n in range(len(labels)) if labels[n] != labels[a] and hardest - sim[a, n] < alpha]
+        out.append(np.mean([1 - v for v in positives]) + sum(violating) / (len(violating) + 1))
+    return np.mean(out)
+
+
 def batch_all_reference(labels, emb, alpha):
     dist, values = cosine_distance(emb), []
     n_samples = len(labels)
@@ -389,8 +429,11 @@ def test_triplet_losses_against_brute_force(one_hot):
     for alpha in (0.35, 1.5):
         hard = float(losses.BatchHardTripletLoss(alpha)(y_true, emb))
         np.testing.assert_allclose(hard, batch_hard_reference(labels, emb, alpha), rtol=1e-5, atol=1e-6)
-        every = float(losses.BatchAllTripletLoss(alpha)(y_true, emb))
+        every = float(losses.BatchAllTripletLossHermans(alpha)(y_true, emb))
         np.testing.assert_allclose(every, batch_all_reference(labels, emb, alpha), rtol=1e-5, atol=1e-6)
+    for alpha in (0.1, 0.35, 1.5):
+        original = float(losses.BatchAllTripletLoss(alpha)(y_true, emb))
+        np.testing.assert_allclose(original, batch_all_original_reference(labels, emb, alpha), rtol=1e-5, atol=1e-6)
 
 
 # ---------- distillation ----------
@@ -400,7 +443,25 @@ def test_distiller_losses():
         keras.ops.convert_to_numpy(losses.distiller_loss_euclidean(teacher, student)), ((teacher - student) ** 2).sum(1), rtol=1e-5
     )
     cosine = (teacher * student).sum(1) / np.linalg.norm(teacher, axis=1) / np.linalg.norm(student, axis=1)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.distiller_loss_cosine(teacher, student)), 1 - cosine, rtol=1e-5)
+    # the 1e-5 added to each norm (as the original) moves the value by about 1e-5 relative
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.distiller_loss_cosine(teacher, student)), 1 - cosine, rtol=1e-4)
+
+
+def distiller_cosine_original(teacher, student):
+    """The original Keras_insightface: non-finite teacher values -> sqrt(1 / dim); norms + 1e-5."""
+    teacher = np.where(np.isfinite(teacher), teacher, np.sqrt(1.0 / teacher.shape[-1]))
+    unit_t = teacher / (np.linalg.norm(teacher, axis=-1, keepdims=True) + 1e-5)
+    unit_s = student / (np.linalg.norm(student, axis=-1, keepdims=True) + 1e-5)
+    return 1 - (unit_t * unit_s).sum(-1)
+
+
+def test_distiller_loss_cosine_matches_the_original_on_small_and_non_finite_embeddings():
+    teacher, student = RNG.normal(size=(5, 4)) * 1e-4, RNG.normal(size=(5, 4)) * 1e-4  # epsilon visible
+    teacher[1, 2], teacher[2, :] = np.nan, np.inf
+    student[3] = 0.0
+    value = keras.ops.convert_to_numpy(losses.distiller_loss_cosine(teacher, student))
+    np.testing.assert_allclose(value, distiller_cosine_original(teacher, student), rtol=1e-6, atol=1e-7)
+    assert np.all(np.isfinite(value)) and value[3] == pytest.approx(1.0)
 
 
 # ---------- serialization and registry ----------
@@ -410,6 +471,7 @@ SERIALIZABLE = {
     "center": lambda: losses.CenterLoss(7, 3, alpha=0.3, factor=0.5),
     "batch_hard": lambda: losses.BatchHardTripletLoss(0.25),
     "batch_all": lambda: losses.BatchAllTripletLoss(0.3),
+    "batch_all_hermans": lambda: losses.BatchAllTripletLossHermans(0.3),
 }
 
 

@@ -116,28 +116,34 @@ def test_print_buildin_models(capsys):
     models.print_buildin_models()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ">>>> buildin_models"
-    assert lines[1].startswith("MXNet version resnet: r18, r34, r50, r100, r101, r200")
+    assert lines[1].startswith("MXNet version resnet: r18, r34, r50, r100, r101, r200, se_r18, se_r34, se_r50, se_r100")
     assert lines[2].startswith("Keras application: mobilenet, mobilenetv2, resnet50, resnet50v2")
     assert "efficientnetb7" in lines[3] and "efficientnetv2l" in lines[3]
-    for name in ("resnest50", "ghostnet", "mobilefacenet", "se_mobilefacenet", "mobilenetv3_small", "se_resnext101"):
-        assert name in lines[4]
+    assert "iresnet18, iresnet34, iresnet50, iresnet100" in lines[1]  # arcface_torch's PReLU iresnets
+    names = lines[4].split(": ")[1].rstrip(",").split(", ")
+    for name in ("resnest50", "ghostnet", "ghostnet_paper", "mobilefacenet", "se_mobilefacenet", "mbf", "se_mbf", "vargface"):
+        assert name in names
     assert lines[5].startswith("Or other names from keras.applications")
 
 
 # ---------------------------------------------------------------- IResNet
 @pytest.mark.parametrize(
-    "name, expected", [("r18", 24_025_600), ("r34", 34_139_328), ("r50", 43_590_848), ("r100", 65_156_160)]
+    "name, expected", [("iresnet18", 24_025_600), ("iresnet34", 34_139_328), ("iresnet50", 43_590_848), ("iresnet100", 65_156_160)]
 )
 def test_iresnet_parameter_counts_match_insightface(name, expected):
+    """arcface_torch's iresnets (PReLU): "iresnetNN", or "rNN" with activation="prelu"."""
     basic_model = models.buildin_models(name, output_layer="E", emb_shape=512, use_bias=True, dropout=0.4)
     assert count_weights(basic_model) == expected
+    if name == "iresnet18":
+        same = models.buildin_models("r18", activation="prelu", output_layer="E", emb_shape=512, use_bias=True, dropout=0.4)
+        assert count_weights(same) == expected
     assert basic_model.get_layer("E_dense").input.shape == (None, 7 * 7 * 512)
 
 
 def test_iresnet_block_layout():
     from keras_insightface.backbones import resnet
 
-    backbone = resnet.ResNet18(input_shape=(112, 112, 3))
+    backbone = resnet.ResNet18(input_shape=(112, 112, 3), activation="prelu")
     sizes = [backbone.get_layer(f"stack{ii}_block1_add").output.shape[1:] for ii in range(1, 5)]
     assert sizes == [(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]
     assert not any(getattr(layer, "use_bias", False) for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
@@ -150,8 +156,10 @@ def test_full_size_forward_r18_and_mobilefacenet():
     r18 = models.buildin_models("r18", output_layer="E", dropout=0.4, emb_shape=512)
     assert r18(images, training=False).shape == (2, 512)
     mobilefacenet = models.buildin_models("mobilefacenet", emb_shape=256, dropout=0)
-    assert mobilefacenet.get_layer("GDC_dw").input.shape == (None, 7, 7, 512)
+    assert mobilefacenet.get_layer("GDC_dw").input.shape == (None, 7, 7, 128)  # the original's MobileFaceNet
     assert mobilefacenet(images, training=False).shape == (2, 256)
+    mbf = models.buildin_models("mbf", emb_shape=256, dropout=0)
+    assert mbf.get_layer("GDC_dw").input.shape == (None, 7, 7, 512)  # insightface's
 
 
 def test_mobile_facenet_function_as_the_seed_calls_it():
@@ -160,6 +168,7 @@ def test_mobile_facenet_function_as_the_seed_calls_it():
     basic_model = mobile_facenet.mobile_facenet(256, dropout=0, name="mobile_facenet_256")
     assert basic_model.name == "mobile_facenet_256" and basic_model.output.shape == (None, 256)
     assert basic_model.layers[-1].name == "embedding"
+    assert basic_model.get_layer("GDC_dw").input.shape == (None, 7, 7, 512)  # the original's pointwise Conv1x1(512) before GDC
     se_model = mobile_facenet.mobile_facenet(64, name="se_mobile_facenet_64", use_se=True, weight_decay=1e-3, input_shape=SMALL_INPUT)
     assert any(layer.name.endswith("_se_scale") for layer in se_model.layers)
     assert models.get_l2_regularizer_value(se_model) == pytest.approx(5e-4)

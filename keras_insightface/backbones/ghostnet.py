@@ -7,10 +7,15 @@ ghost module (expand, ReLU) -> [depthwise conv when strided] -> [squeeze-excite]
 changes. The network is a 3x3 stem conv (16 channels), the 16 bottlenecks of the paper's table
 and a final 1x1 conv to 960 channels; the classifier (pooling, 1280 conv, dense) is left out.
 
+The registered "ghostnet" is the original Keras_insightface's: `width=1.3` and the last bottleneck
+expanding to 512 instead of 960 (`last_expand=512`), so the final conv has make_divisible(512 * 1.3) =
+664 channels (4x4x664 for 112x112). "ghostnet_paper" is the paper's 1.0x network (4x4x960).
+
 Usage:
     from keras_insightface.backbones import ghostnet
-    mm = ghostnet.GhostNet(input_shape=(112, 112, 3))             # output (None, 4, 4, 960)
+    mm = ghostnet.GhostNet(input_shape=(112, 112, 3))             # paper 1.0x, output (None, 4, 4, 960)
     mm = ghostnet.GhostNet(input_shape=(112, 112, 3), strides=1)  # output (None, 7, 7, 960)
+    mm = ghostnet.GhostNet(input_shape=(112, 112, 3), width=1.3, last_expand=512)  # the original's, (None, 4, 4, 664)
 """
 import math
 
@@ -38,7 +43,8 @@ BLOCK_CONFIG = (
     (5, 960, 160, 0.25, 1),
 )
 STEM_CHANNELS = 16
-LAST_CHANNELS = 960
+LAST_CHANNELS = 960  # the paper's last expansion and final conv; the original Keras_insightface uses 512
+ORIGINAL_WIDTH, ORIGINAL_LAST_EXPAND = 1.3, 512
 
 
 def make_divisible(value, divisor=4, min_value=None):
@@ -76,6 +82,7 @@ def GhostNet(
     weights=None,
     width=1.0,
     strides=2,
+    last_expand=LAST_CHANNELS,
     bn_momentum=0.99,
     bn_epsilon=0.001,
     name="ghostnet",
@@ -83,8 +90,10 @@ def GhostNet(
 ):
     """Headless GhostNet; `width` scales every channel count, `strides` is the stem conv stride.
 
-    With `strides=2` a 112x112 input ends as a 4x4 map, with `strides=1` as 7x7. The output has
-    `make_divisible(960 * width, 4)` channels. Extra keyword arguments are accepted and ignored.
+    `last_expand` is the expansion of the last bottleneck and the final conv's channel count before
+    `width` (paper 960, the original Keras_insightface 512). With `strides=2` a 112x112 input ends as a
+    4x4 map, with `strides=1` as 7x7. The output has `make_divisible(last_expand * width, 4)` channels.
+    Extra keyword arguments are accepted and ignored.
 
     Usage:
         mm = GhostNet(input_shape=(112, 112, 3), width=1.3, strides=1)
@@ -93,11 +102,13 @@ def GhostNet(
     builder = _Builder(bn_momentum, bn_epsilon)
     inputs = keras.layers.Input(shape=input_shape)
     nn = builder.conv_bn(inputs, make_divisible(STEM_CHANNELS * width), 3, strides, "stem", "relu")
-    for index, (kernel_size, expand, filters, se_ratio, block_strides) in enumerate(BLOCK_CONFIG):
+    block_config = BLOCK_CONFIG[:-1] + ((*BLOCK_CONFIG[-1][:1], last_expand, *BLOCK_CONFIG[-1][2:]),)
+    for index, (kernel_size, expand, filters, se_ratio, block_strides) in enumerate(block_config):
         expand, filters = make_divisible(expand * width), make_divisible(filters * width)
         nn = builder.bottleneck(nn, kernel_size, expand, filters, se_ratio, block_strides, f"block{index + 1}")
-    nn = builder.conv_bn(nn, make_divisible(LAST_CHANNELS * width), 1, 1, "last", "relu")
+    nn = builder.conv_bn(nn, make_divisible(last_expand * width), 1, 1, "last", "relu")
     return keras.Model(inputs, nn, name=name)
 
 
-registry.register("ghostnet", "Custom", GhostNet)
+registry.register("ghostnet", "Custom", GhostNet, width=ORIGINAL_WIDTH, last_expand=ORIGINAL_LAST_EXPAND)
+registry.register("ghostnet_paper", "Custom", GhostNet)
