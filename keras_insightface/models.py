@@ -9,7 +9,7 @@ Usage:
 import keras
 from keras import ops
 
-from . import heads
+from . import batchnorm, heads
 from .backbones import registry
 from .surgery import add_l2_regularizer_2_model, get_l2_regularizer_value, iter_layers, replace_ReLU_with_PReLU, set_batchnorm  # noqa: F401
 
@@ -85,6 +85,7 @@ def buildin_models(
     scale=True,
     weights=None,
     use_prelu=False,
+    fused_batchnorm=True,
     **kwargs,
 ):
     """Backbone + embedding head: the basic model, whose last layer is named `embedding`.
@@ -99,6 +100,9 @@ def buildin_models(
         when they differ from the Keras defaults (0.99, 0.001).
     add_pointwise_conv: Conv1x1(512) + BN + ReLU before the head (-1: half the channels).
     use_prelu: every ReLU of the result (backbone and head) becomes a PReLU, see `replace_ReLU_with_PReLU`.
+    fused_batchnorm: the head's BatchNorms, and a named backbone's (keras.applications ones swapped, weights
+        kept), are `batchnorm.BatchNormalization` on TensorFlow's fused kernel; False keeps the stock Keras
+        layer everywhere (a keras.Model passed as stem_model is never changed: see batchnorm.convert_batchnorm).
     weights: passed to the backbone builder ("imagenet" where keras.applications offers it).
     kwargs: passed to the backbone builder.
 
@@ -107,6 +111,7 @@ def buildin_models(
     """
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
+        backbone = batchnorm.convert_batchnorm(backbone, fused=fused_batchnorm)
         if (bn_momentum, bn_epsilon) != (0.99, 0.001):
             print(f">>>> Change BatchNormalization momentum and epsilon default value: {bn_momentum}, {bn_epsilon}")
             set_batchnorm(backbone, bn_momentum, bn_epsilon)
@@ -115,7 +120,8 @@ def buildin_models(
     else:
         raise TypeError(f"buildin_models: stem_model must be a name or a keras.Model, got {type(stem_model).__name__}")
     basic_model = heads.add_embedding_head(
-        backbone, emb_shape, output_layer, dropout, bn_momentum, bn_epsilon, add_pointwise_conv, use_bias, scale
+        backbone, emb_shape, output_layer, dropout, bn_momentum, bn_epsilon, add_pointwise_conv, use_bias, scale,
+        fused_batchnorm=fused_batchnorm,
     )
     return replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
 

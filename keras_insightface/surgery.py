@@ -28,10 +28,20 @@ def _copy_weights_by_name(source, target):
     return target
 
 
-def _rebuild(model, convert_layer, custom_objects=None):
-    """A copy of `model` with every layer replaced by `convert_layer(layer)`, weights copied by layer name."""
+def _named_input(tensor):
+    """A new input tensor like a functional model's `tensor`, its input layer named as the one that made `tensor`."""
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name)
+
+
+def rebuild(model, convert_layer, custom_objects=None):
+    """A copy of `model` with every layer replaced by `convert_layer(layer)`, weights copied by layer name.
+
+    Input layers keep their names too.
+    Usage: new_model = rebuild(model, lambda layer: layer.__class__.from_config(layer.get_config()))
+    """
+    input_tensors = keras.tree.map_structure(_named_input, model.input)
     with keras.saving.custom_object_scope(custom_objects or {}):
-        new_model = keras.models.clone_model(model, clone_function=convert_layer, recursive=True)
+        new_model = keras.models.clone_model(model, input_tensors=input_tensors, clone_function=convert_layer, recursive=True)
     return _copy_weights_by_name(model, new_model)
 
 
@@ -61,7 +71,7 @@ def add_l2_regularizer_2_model(model, weight_decay, custom_objects={}, apply_to_
         config.update({key: regularizer for key in keys})
         return layer.__class__.from_config(config)
 
-    return _rebuild(model, convert_layer, custom_objects)
+    return rebuild(model, convert_layer, custom_objects)
 
 
 def get_l2_regularizer_value(model):
@@ -103,7 +113,7 @@ def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
             return keras.layers.PReLU(name=name, **prelu_kwargs)
         return keras.layers.Activation(target_activation, name=name)
 
-    return _rebuild(model, convert_layer)
+    return rebuild(model, convert_layer)
 
 
 def set_batchnorm(model, bn_momentum, bn_epsilon):

@@ -1,6 +1,7 @@
 """Layer helpers shared by the backbone builders, written with plain Keras layers only.
 
-`LayerBuilder` holds the BatchNorm settings of one graph and writes the common blocks. A block
+`LayerBuilder` holds the BatchNorm settings of one graph and writes the common blocks; its BatchNorms are
+the fused `keras_insightface.batchnorm.BatchNormalization`. A block
 called `name` is made of `name_conv` (or `name_dw` for a depthwise conv), `name_bn` and
 `name_<activation>` (`name_prelu` for a PReLU shared over height and width), so the backbones
 keep one naming scheme and their saved models load without custom objects.
@@ -12,6 +13,8 @@ Usage:
     nn = builder.conv_bn(inputs, 64, 3, 2, "stem", "relu")  # layers stem_conv, stem_bn, stem_relu
 """
 import keras
+
+from ..batchnorm import BatchNormalization
 
 
 def make_divisible(value, divisor, min_value=None):
@@ -62,7 +65,7 @@ class LayerBuilder:
         return keras.layers.Activation(activation, name=name + "_" + activation)(inputs)
 
     def bn(self, inputs, name, activation=None):
-        nn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
+        nn = BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "_bn")(inputs)
         return self.activation(nn, name, activation) if activation else nn
 
     def conv(self, inputs, filters, kernel_size, strides, name, groups=1, padding="same"):
