@@ -2,7 +2,7 @@
 """Training step time of our `train.Train` against the original Keras_insightface `Train` (tf_keras), same work.
 
 Both train `buildin_models(name, dropout=0, emb_shape=256, output_layer=..., weights=None)` (GDC head for mobilenet,
-"E" for r50, whose original gets `activation="prelu"` to match our insightface r50) with
+"E" for r50; the seed's names build the same networks on both sides) with
 `ArcfaceLoss(scale=16)`, SGD(0.1, momentum=0.9), batch 32, random_status=0 and no eval paths, on one generated
 folder of 100 identities x 20 JPEGs (112x112). Each run is a subprocess; runs alternate original, ours,
 original, ours, ... (`--repeats` pairs per model), so a change of the machine's load hits both alike. A
@@ -33,7 +33,6 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 NUM_CLASSES, IMAGES_PER_CLASS, BATCH_SIZE = 100, 20, 32
 OUTPUT_LAYERS = {"mobilenet": "GDC", "r50": "E"}  # insightface's "E" head on the MXNet ResNets
-ORIGINAL_KWARGS = {"r50": {"activation": "prelu"}}  # the original's r50 defaults to ReLU; ours is insightface's PReLU iresnet
 DEFAULT_STEPS = {"mobilenet": 40, "r50": 6}
 ORIGINAL_ENV = "ORIGINAL_KERAS_INSIGHTFACE"
 
@@ -65,8 +64,7 @@ def run_original(model_name, data_path, timer):
     import train
     from tensorflow import keras
 
-    kwargs = ORIGINAL_KWARGS.get(model_name, {})
-    basic_model = models.buildin_models(model_name, dropout=0, emb_shape=256, output_layer=OUTPUT_LAYERS[model_name], weights=None, **kwargs)
+    basic_model = models.buildin_models(model_name, dropout=0, emb_shape=256, output_layer=OUTPUT_LAYERS[model_name], weights=None)
     tt = train.Train(data_path, save_path="orig.h5", eval_paths=[], basic_model=basic_model, batch_size=BATCH_SIZE, lr_base=0.1, random_status=0)
     tt.custom_callbacks.append(timer)
     tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.1, momentum=0.9)}])
