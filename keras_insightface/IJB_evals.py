@@ -7,7 +7,7 @@ L2-normalized -> cosine of template pairs -> TAR at FAR 1e-6 .. 1e-1; 1:N top-k 
 
 Usage:
     python IJB_evals.py -m checkpoints/basic_model.h5 -d /media/SD/IJB_release -L
-    python IJB_evals.py -R IJB_result/basic_model_IJBB.npz -d /media/SD/IJB_release -B
+    python IJB_evals.py -R IJB_result/basic_model_h5_IJBB.npz -d /media/SD/IJB_release -B
     python IJB_evals.py --plot_only IJB_result/*.npy IJB_result/IJBB_label.npz
 """
 import argparse
@@ -553,11 +553,11 @@ def roc_points(label, scores, num=400, far_range=(1e-6, 1.0)):
 
 def plot_roc_curves(named_scores, label, save_path):
     """Draw the ROC curves of several runs into one PNG with a log FAR axis.  Usage: plot_roc_curves({"a": s}, label, "roc.png")"""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    backend_agg = cli.require("matplotlib.backends.backend_agg", "plot", "ROC plots ({})".format(save_path))
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 6))
-    FigureCanvasAgg(figure)
+    backend_agg.FigureCanvasAgg(figure)
     axis = figure.add_subplot()
     for name, scores in named_scores.items():
         fars, tars = roc_points(label, scores)
