@@ -7,13 +7,14 @@ L2-normalized -> cosine of template pairs -> TAR at FAR 1e-6 .. 1e-1; 1:N top-k 
 
 Usage:
     python IJB_evals.py -m checkpoints/basic_model.h5 -d /media/SD/IJB_release -L
-    python IJB_evals.py -R IJB_result/basic_model_IJBB.npz -d /media/SD/IJB_release -B
-    python IJB_evals.py --plot_only IJB_result/*.npy IJB_result/IJBB_label.npy
+    python IJB_evals.py -R IJB_result/basic_model_h5_IJBB.npz -d /media/SD/IJB_release -B
+    python IJB_evals.py --plot_only IJB_result/*.npy IJB_result/IJBB_label.npz
 """
 import argparse
 import dataclasses
 import os
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -138,6 +139,8 @@ def read_csv_columns(path, columns):
     missing = [name for name in columns if name not in frame.columns]
     if missing:
         raise ValueError("{}: line 1: missing columns {}; the header has {}".format(path, missing, list(frame.columns)))
+    if frame.empty:
+        raise ValueError("{}: only a header line, no rows".format(path))
     return _convert_columns(frame[list(columns)].copy(), path, columns, first_line=2)
 
 
@@ -165,6 +168,15 @@ def _check_known_templates(path, template_columns, known_templates, first_line=1
         raise ValueError("{}: line {}: template id {} is not in the template / media list".format(path, row + first_line, value))
 
 
+def _check_image_names(img_names, listing_path):
+    """Image names are paths inside loose_crop: relative, without `..` components."""
+    escapes = np.array([os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") for name in img_names], dtype=bool)
+    if escapes.any():
+        row = int(np.argmax(escapes))
+        raise ValueError("{}: line {}: image name {!r} leaves the image folder; expected a relative name inside loose_crop".format(
+            listing_path, row + 1, str(img_names[row])))
+
+
 def _check_images_exist(image_dir, img_names, listing_path):
     if not os.path.isdir(image_dir):
         raise FileNotFoundError("IJB image folder not found: {}".format(image_dir))
@@ -189,6 +201,7 @@ def read_ijb_meta(data_path, subset="IJBB", check_images=True):
     pairs = read_meta_table(paths["pairs"], {"t1": _INT, "t2": _INT, "label": _INT})
 
     img_names = landmarks["image"].to_numpy(dtype=str)
+    _check_image_names(img_names, paths["landmarks"])
     if len(template_media) != len(landmarks):
         raise ValueError(
             "{} lists {} images but {} lists {}".format(paths["template_media"], len(template_media), paths["landmarks"], len(landmarks))
@@ -566,7 +579,13 @@ def evaluate_1n(probe_feats, probe_subjects, gallery_feats, gallery_subjects, to
 
 # ------------------------------------------------------------------------------------------------ files and plots
 def read_label_file(path):
-    """Pair labels from a saved `.npy` or a pair-label text file (t1 t2 label).  Usage: label = read_label_file(path)"""
+    """Pair labels from `-L`'s `<subset>_label.npz`, an older `.npy`, or a pair-label text file (t1 t2 label).
+
+    Usage: label = read_label_file("IJB_result/IJBB_label.npz")
+    """
+    if path.endswith(".npz"):
+        with _open_npz(path, "label") as data:
+            return data["label"]
     if path.endswith(".npy"):
         return np.load(path)
     return read_meta_table(path, {"t1": _INT, "t2": _INT, "label": _INT})["label"].to_numpy()
@@ -580,11 +599,11 @@ def roc_points(label, scores, num=400, far_range=(1e-6, 1.0)):
 
 def plot_roc_curves(named_scores, label, save_path):
     """Draw the ROC curves of several runs into one PNG with a log FAR axis.  Usage: plot_roc_curves({"a": s}, label, "roc.png")"""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    backend_agg = cli.require("matplotlib.backends.backend_agg", "plot", "ROC plots ({})".format(save_path))
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 6))
-    FigureCanvasAgg(figure)
+    backend_agg.FigureCanvasAgg(figure)
     axis = figure.add_subplot()
     for name, scores in named_scores.items():
         fars, tars = roc_points(label, scores)
@@ -623,6 +642,13 @@ def save_npy(path, array):
         np.save(tmp, array)
 
 
+def save_labels(path, label):
+    """-L: the pair labels as `<subset>_label.npz`, which a `*.npy` glob of score files leaves out."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, label=label)
+    print(">>>> Saved labels: {}".format(path))
+
+
 def save_table(path, table):
     atomic_write_text(path, table.to_csv())
     print(">>>> Saved table: {}".format(path))
@@ -631,20 +657,47 @@ def save_table(path, table):
 _EMBEDDING_META_KEYS = ("templates", "medias", "face_scores", "p1", "p2", "label")
 
 
-def save_embeddings(path, embs, embs_f, meta):
-    """-E: embeddings with the meta needed to rescore without the dataset.  Usage: save_embeddings(p, embs, embs_f, meta)"""
+def save_embeddings(path, embs, embs_f, meta, subset):
+    """-E: embeddings with the meta needed to rescore without the dataset, and the subset they belong to.
+
+    Usage: save_embeddings("IJB_result/model_h5_IJBB.npz", embs, embs_f, meta, "IJBB")
+    """
     with atomic_path(path) as tmp:
-        np.savez(tmp, embs=embs, embs_f=embs_f, img_names=meta.img_names, **{key: getattr(meta, key) for key in _EMBEDDING_META_KEYS})
+        np.savez(tmp, embs=embs, embs_f=embs_f, img_names=meta.img_names, subset=np.array(subset),
+                 **{key: getattr(meta, key) for key in _EMBEDDING_META_KEYS})
     print(">>>> Saved embeddings: {}".format(path))
+
+
+def _open_npz(path, expected_key):
+    """np.load of an `.npz` holding `expected_key`; a missing file, another format or key is a named error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError("{}: no such file".format(path))
+    if not zipfile.is_zipfile(path):
+        raise ValueError("{}: not an .npz file (expected one saved by IJB_evals.py)".format(path))
+    data = np.load(path, allow_pickle=False)
+    if expected_key not in data:
+        data.close()
+        raise ValueError("{}: no '{}' array; expected a file saved by IJB_evals.py".format(path, expected_key))
+    return data
+
+
+def saved_subset(path):
+    """The subset a `-E` file was saved from, or None for files that do not record it.  Usage: saved_subset(p) -> "IJBC" """
+    with _open_npz(path, "embs") as data:
+        return str(data["subset"]) if "subset" in data else None
+
+
+def check_finite(embs, embs_f, source):
+    """Refuse NaN / inf embeddings, which would make every TAR 0 without a word.  Usage: check_finite(embs, embs_f, "model.h5")"""
+    for name, array in (("embs", embs), ("flipped embs", embs_f)):
+        bad = ~np.isfinite(array).all(axis=1) if len(array) else np.zeros(0, bool)
+        if bad.any():
+            raise ValueError("{}: {} of {} {} rows hold NaN or inf (first: row {})".format(source, int(bad.sum()), len(array), name, int(np.argmax(bad))))
 
 
 def load_embeddings(path, meta=None):
     """-R: (embs, embs_f, meta); meta comes from the npz when not given.  Usage: embs, embs_f, meta = load_embeddings(p)"""
-    if not os.path.isfile(path):
-        raise FileNotFoundError("embeddings file not found: {}".format(path))
-    with np.load(path, allow_pickle=False) as data:
-        if "embs" not in data:
-            raise ValueError("{}: no 'embs' array; expected a file saved by IJB_evals.py -E".format(path))
+    with _open_npz(path, "embs") as data:
         embs = data["embs"].astype("float32", copy=False)
         embs_f = data["embs_f"].astype("float32", copy=False) if "embs_f" in data else np.zeros([0, embs.shape[1]], "float32")
         if meta is None:
@@ -656,6 +709,7 @@ def load_embeddings(path, meta=None):
     for name, array in (("embs", embs), ("embs_f", embs_f)):
         if len(array) not in ((len(meta.templates),) if name == "embs" else (0, len(meta.templates))):
             raise ValueError("{}: '{}' has {} rows but the meta lists {} images".format(path, name, len(array), len(meta.templates)))
+    check_finite(embs, embs_f, path)
     return embs, embs_f, meta
 
 
@@ -697,13 +751,35 @@ def one_n_table(all_1n):
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["scenario", "gallery"])
 
 
-def _result_base(args):
+def model_result_name(model_file):
+    """Result files' model part: the model name and its format, so that `model.h5` and `model.onnx` differ.
+
+    Usage: model_result_name("checkpoints/basic_model.h5") -> "basic_model_h5"; "r100/model,0" -> "r100_mxnet"
+    """
     from .model_interf import model_name
 
+    model_file = os.fspath(model_file)
+    extension = os.path.splitext(model_file)[1]
+    is_mxnet = "," in os.path.basename(model_file) and not os.path.exists(model_file)
+    kind = "mxnet" if is_mxnet or not extension else extension[1:].lower()
+    return "{}_{}".format(model_name(model_file), kind)
+
+
+def _result_base(args):
     if args.restore_embs:
         stem = os.path.splitext(os.path.basename(args.restore_embs))[0]
         return stem[: -len(args.subset) - 1] if stem.endswith("_" + args.subset) else stem
-    return model_name(args.model_file)
+    return model_result_name(args.model_file)
+
+
+def resolve_subset(args):
+    """The subset to score: `-s`, else the one a `-R` file was saved from, else IJBB; a `-R` file of another
+    subset than `-s` is an error.  Usage: args.subset = resolve_subset(args)"""
+    saved = saved_subset(args.restore_embs) if args.restore_embs else None
+    if saved and args.subset and saved != args.subset:
+        raise ValueError("{}: embeddings of {}, but -s {} was asked; pass -s {} or embed {} with -m".format(
+            args.restore_embs, saved, args.subset, saved, args.subset))
+    return args.subset or saved or "IJBB"
 
 
 def parse_arguments(argv=None):
@@ -714,13 +790,13 @@ def parse_arguments(argv=None):
     )
     parser.add_argument("-m", "--model_file", help="model: Keras .h5 / .keras, ONNX .onnx, TorchScript .pt, or MXNet 'prefix,epoch'")
     parser.add_argument("-d", "--data_path", help="IJB_release folder holding IJBB/ and IJBC/ (meta/ and loose_crop/)")
-    parser.add_argument("-s", "--subset", default="IJBB", choices=sorted(SUBSET_FILES), help="dataset subset (default IJBB)")
+    parser.add_argument("-s", "--subset", default=None, choices=sorted(SUBSET_FILES), help="dataset subset (default IJBB, or the -R file's)")
     parser.add_argument("-b", "--batch_size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("-o", "--save_result", default=None, help="result folder; default IJB_result, or the -R file's folder")
-    parser.add_argument("-L", "--save_label", action="store_true", help="save the pair labels as <subset>_label.npy for --plot_only")
+    parser.add_argument("-L", "--save_label", action="store_true", help="save the pair labels as <subset>_label.npz for --plot_only")
     parser.add_argument("-B", "--is_bunch", action="store_true", help="run all 8 scenarios N{0,1}D{0,1}F{0,1}, not only N0D1F1")
     parser.add_argument("-N", "--is_one_2_N", action="store_true", help="also run 1:N identification (top-1/5/10, TPIR@FPIR)")
-    parser.add_argument("-E", "--save_embeddings", action="store_true", help="save embeddings and meta as <model>_<subset>.npz")
+    parser.add_argument("-E", "--save_embeddings", action="store_true", help="save embeddings and meta as <model>_<format>_<subset>.npz")
     parser.add_argument("-R", "--restore_embs", default=None, help="restore embeddings saved by -E (skips the model)")
     parser.add_argument("-F", "--no_flip", action="store_true", help="do not embed flipped faces (halves the time; F0 scenarios only)")
     parser.add_argument("--mean", type=float, default=None, help="input normalization (x - mean) / std; default by model type")
@@ -728,7 +804,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--workers", type=int, default=4, help="threads reading and aligning images (default 4)")
     parser.add_argument(
         "--plot_only", nargs="+", default=None, metavar="FILE",
-        help="score .npy files then a label file (.npy from -L, or the pair label .txt): print TARs, plot ROC curves",
+        help="score .npy files then a label file (.npz from -L, or the pair label .txt): print TARs, plot ROC curves",
     )
     parser.add_argument(
         "--interpolate_far", dest="tar_rule", action="store_const", const="interpolate", default="nearest",
@@ -747,6 +823,7 @@ def run(args):
     """Run the evaluation described by parsed arguments; returns (TAR table, 1:N table or None)."""
     if args.plot_only is not None:
         return plot_only(args.plot_only, args.plot_save, args.tar_rule), None
+    args.subset = resolve_subset(args)
     meta = read_ijb_meta(args.data_path, args.subset, check_images=not args.restore_embs) if args.data_path else None
     one_n_sets = read_1n_meta(args.data_path, args.subset, meta.templates) if args.is_one_2_N else None
     save_dir = args.save_result or (os.path.dirname(os.path.abspath(args.restore_embs)) if args.restore_embs else "IJB_result")
@@ -761,20 +838,21 @@ def run(args):
         print(">>>> Embedding {} images with {}".format(len(meta.img_names), interf))
         image_paths = [os.path.join(meta_paths(args.data_path, args.subset)["images"], name) for name in meta.img_names]
         embs, embs_f = embed_images(interf, image_paths, meta.landmarks, args.batch_size, flip=not args.no_flip, workers=args.workers)
+        check_finite(embs, embs_f, args.model_file)
     if args.save_embeddings:
-        save_embeddings(os.path.join(save_dir, base + ".npz"), embs, embs_f, meta)
+        save_embeddings(os.path.join(save_dir, base + ".npz"), embs, embs_f, meta, args.subset)
 
     scenarios = ALL_SCENARIOS if args.is_bunch else (DEFAULT_SCENARIO,)
     if len(embs_f) == 0:
         scenarios = tuple(dict.fromkeys(name[:-1] + "0" for name in scenarios))
         print(">>>> No flipped embeddings: running {}".format(", ".join(scenarios)))
     all_scores, all_1n = evaluate_scenarios(embs, embs_f, meta, scenarios, one_n_sets)
-    for scenario, scores in all_scores.items():
-        save_npy(os.path.join(save_dir, "{}_{}.npy".format(base, scenario)), scores)
-    print(">>>> Saved scores: {}".format(os.path.join(save_dir, base + "_<scenario>.npy")))
+    score_paths = [os.path.join(save_dir, "{}_{}.npy".format(base, scenario)) for scenario in all_scores]
+    for path, scores in zip(score_paths, all_scores.values()):
+        save_npy(path, scores)
+    print(">>>> Saved scores: {}".format(", ".join(score_paths)))
     if args.save_label:
-        save_npy(os.path.join(save_dir, args.subset + "_label.npy"), meta.label)
-        print(">>>> Saved labels: {}".format(os.path.join(save_dir, args.subset + "_label.npy")))
+        save_labels(os.path.join(save_dir, args.subset + "_label.npz"), meta.label)
 
     named_scores = {"{}_{}".format(base, scenario): scores for scenario, scores in all_scores.items()}
     table = tar_far_table(named_scores, meta.label, rule=args.tar_rule)

@@ -7,6 +7,7 @@ Usage (a tool's main):
         args = parse_arguments(argv)
         return cli.run("export.py", convert, args.model_file)
 """
+import importlib
 import sys
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ImportError)
@@ -20,3 +21,15 @@ def run(prog, function, *args, **kwargs):
         print("{}: error: {}".format(prog, error), file=sys.stderr)
         return 2
     return 0
+
+
+def require(module, extra, what):
+    """Import an optional dependency, or raise ImportError naming the extra that installs it.
+
+    Usage: ort = cli.require("onnxruntime", "onnx", "model.onnx: ONNX models")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError("{} need the optional package '{}', which is not installed: pip install keras_insightface[{}]".format(
+            what, module.split(".")[0], extra)) from error

@@ -54,11 +54,25 @@ def folder_signature(root):
     return digest.hexdigest()
 
 
-def _class_ids(class_names):
-    """Integer folder names map to themselves, anything else to its index in sorted order."""
-    if all(name.isdigit() for name in class_names):
-        return [int(name) for name in class_names]
-    return list(range(len(class_names)))
+def _is_plain_integer(name):
+    """True for a name of ASCII digits only ("12", "012"; not "5²" or "١٢", which str.isdigit accepts)."""
+    return name.isascii() and name.isdigit()
+
+
+def _class_ids(class_names, root):
+    """Integer folder names map to themselves, any other set of names to their indices in sorted order.
+
+    Two folders naming one integer (`1` and `01`) are an error: their images would be merged into one class.
+    """
+    if not all(_is_plain_integer(name) for name in class_names):
+        return list(range(len(class_names)))
+    ids = [int(name) for name in class_names]
+    first_name = {}
+    for name, cid in zip(class_names, ids):
+        if cid in first_name:
+            raise ValueError("{}: class folders '{}' and '{}' both name class {}; rename one".format(root, first_name[cid], name, cid))
+        first_name[cid] = name
+    return ids
 
 
 def _scan_folder(root):
@@ -77,7 +91,7 @@ def _scan_folder(root):
         warnings.warn("{}: skipped {} class folder(s) without images: {}".format(root, len(empty), shown), stacklevel=3)
     if not per_class:
         raise ValueError("{}: no class folders with images found; expected <root>/<class>/<image>.jpg".format(root))
-    ids = _class_ids([name for name, _ in per_class])
+    ids = _class_ids([name for name, _ in per_class], root)
     image_names = np.array([path for _, paths in per_class for path in paths])
     image_classes = np.concatenate([np.full(len(paths), cid, dtype="int64") for cid, (_, paths) in zip(ids, per_class)])
     return image_names, image_classes
@@ -132,17 +146,24 @@ def _glob_folder(root, image_names_reg, image_classes_rule):
         return image_names, np.array([image_classes_rule(path) for path in image_names], dtype="int64")
     folders = [os.path.basename(os.path.dirname(path)) for path in image_names]
     class_names = sorted(set(folders))
-    class_of = dict(zip(class_names, _class_ids(class_names)))
+    class_of = dict(zip(class_names, _class_ids(class_names, root)))
     return image_names, np.array([class_of[folder] for folder in folders], dtype="int64")
 
 
 def _load_npz(data_path):
+    """(image_names, image_classes, embeddings or None) of an npz, checked: one class and one embedding per image."""
     with np.load(data_path, allow_pickle=False) as loaded:
         missing = [key for key in ("image_names", "image_classes") if key not in loaded]
         if missing:
             raise ValueError("{}: missing key(s) {}; expected image_names, image_classes[, embeddings]".format(data_path, missing))
+        image_names, image_classes = loaded["image_names"].astype(str), loaded["image_classes"].astype("int64")
         embeddings = loaded["embeddings"] if "embeddings" in loaded else None
-        return loaded["image_names"].astype(str), loaded["image_classes"].astype("int64"), embeddings
+    if len(image_classes) != len(image_names):
+        raise ValueError("{}: {} image_classes for {} image_names".format(data_path, len(image_classes), len(image_names)))
+    if embeddings is not None and (embeddings.ndim != 2 or len(embeddings) != len(image_names)):
+        raise ValueError("{}: embeddings of shape {} for {} images; expected one teacher embedding row per image".format(
+            data_path, embeddings.shape, len(image_names)))
+    return image_names, image_classes, embeddings
 
 
 def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None):
@@ -167,6 +188,9 @@ def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None)
         (image_names, image_classes), embeddings = _scan_folder_cached(data_path), None
     if len(image_names) == 0:
         raise ValueError("{}: no images (no classes) in the dataset".format(data_path))
+    if image_classes.min() < 0:
+        raise ValueError("{}: {} image(s) have a negative class label (e.g. {}); expected class ids >= 0".format(
+            data_path, int((image_classes < 0).sum()), int(image_classes.min())))
     num_classes = int(image_classes.max()) + 1
     print(">>>> Image length: {}, num_classes: {}, embeddings: {}".format(len(image_names), num_classes, None if embeddings is None else embeddings.shape))
     return image_names, image_classes, embeddings, num_classes
@@ -403,6 +427,25 @@ def _table_lookup(tables):
 
 
 # ---------------------------------------------------------------- the pipeline
+def _check_learnable(data_path, image_names, num_distinct_classes, is_train=True):
+    """Refuse, before training starts, a dataset without a single readable image or (for training) of one class.
+
+    Images are tried in order until one decodes (one read for a sound dataset).
+    Usage: _check_learnable("faces_folders", image_names, len(np.unique(image_classes)))
+    """
+    if is_train and num_distinct_classes < 2:
+        raise ValueError("{}: all images are of one class; a classifier needs at least two".format(data_path))
+    if image_names is None:
+        return
+    for path in image_names:
+        try:
+            face_io.read_image(str(path))
+            return
+        except (OSError, ValueError):
+            continue
+    raise ValueError("{}: none of the {} images can be read as an image (e.g. {})".format(data_path, len(image_names), image_names[0]))
+
+
 def _check_batching(num_images, batch_size, image_per_class, data_path):
     if image_per_class and batch_size % image_per_class:
         raise ValueError("batch_size={} is not divisible by image_per_class={}".format(batch_size, image_per_class))
@@ -491,10 +534,12 @@ def prepare_dataset(
         info = _read_sidecar(data_path)
         num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
         num_positions = num_images
+        _check_learnable(data_path, None, num_classes, is_train)
         _check_batching(num_images, batch_size, 0, data_path)
         ds, fetch = _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed)
     else:
         image_names, image_classes, embeddings, num_classes = pre_process_folder(data_path, image_names_reg, image_classes_rule)
+        _check_learnable(data_path, image_names, len(np.unique(image_classes)), is_train)
         fetch = _table_lookup([image_names, image_classes, embeddings])
         if image_per_class:
             order, starts, counts, num_groups = _triplet_groups(image_classes, image_per_class)

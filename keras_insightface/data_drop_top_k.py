@@ -22,17 +22,17 @@ import numpy as np
 from . import cli, io_utils
 
 
-def _sub_center_head(model):
-    """The NormDense layer of a full model; refuses a head without sub-centers."""
+def _sub_center_head(model, source):
+    """The NormDense layer of a full model; refuses a head without sub-centers, naming `source` (its file)."""
     from . import models
 
     heads = [layer for layer in model.layers if isinstance(layer, models.NormDense)]
     if not heads:
-        raise ValueError("Model '{}' has no NormDense head: pass the full trained model, NOT basic_model".format(model.name))
+        raise ValueError("{}: the model has no NormDense head: pass the full trained model, NOT basic_model".format(source))
     head = heads[-1]
     if head.loss_top_k < 2:
         raise ValueError(
-            "Model '{}' has no sub-centers (NormDense loss_top_k={}): train with 'lossTopK' > 1 first".format(model.name, head.loss_top_k)
+            "{}: the model has no sub-centers (NormDense loss_top_k={}): train with 'lossTopK' > 1 first".format(source, head.loss_top_k)
         )
     return head
 
@@ -74,15 +74,14 @@ def data_drop_top_k(model, data_path, dest_file=None, deg_thresh=75, limit=0, ba
     """Clean `data_path` with the sub-centers of `model` (a full model or its file); returns the new `.npz` path."""
     import keras
 
-    from . import data, face_io
+    from . import data, face_io, model_interf
 
     if not 0 <= deg_thresh <= 180:
         raise ValueError("deg_thresh must be in [0, 180] degrees, got {}".format(deg_thresh))
+    source = model if isinstance(model, str) else "model '{}'".format(model.name)
     if isinstance(model, str):
-        if not os.path.exists(model):
-            raise FileNotFoundError("Model file not found: {}".format(model))
-        model = keras.models.load_model(model, compile=False)
-    head = _sub_center_head(model)
+        model = model_interf.load_keras_model(model)
+    head = _sub_center_head(model, source)
     image_names, image_classes, _, num_classes = data.pre_process_folder(data_path)
     if limit > 0:
         image_names, image_classes = image_names[:limit], image_classes[:limit]

@@ -81,13 +81,9 @@ def load_basic_model(model_or_path):
         raise FileNotFoundError("{}: model file not found (expected a saved basic model, .h5 or .keras)".format(path))
     if not path.endswith(MODEL_EXTENSIONS):
         raise ValueError("{}: expected a saved Keras basic model ending with {}".format(path, " or ".join(MODEL_EXTENSIONS)))
-    import keras
+    from .model_interf import load_keras_model
 
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:
-        raise ValueError("{}: not a readable Keras model ({}: {})".format(path, type(error).__name__, error)) from error
-    return check_basic_model(model, path)
+    return check_basic_model(load_keras_model(path), path)
 
 
 # ---------------------------------------------------------------- images for calibration and parity
@@ -239,7 +235,7 @@ def run_tflite(interpreter, inputs, batch_size=PARITY_BATCH):
 
 
 def _onnx_runner(path):
-    import onnxruntime as ort
+    ort = cli.require("onnxruntime", "onnx", "{}: ONNX parity checks".format(path))
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     input_name, nchw = session.get_inputs()[0].name, session.get_inputs()[0].shape[1] == 3
@@ -444,10 +440,7 @@ def to_onnx_bytes(model, opset=DEFAULT_ONNX_OPSET, nchw=False, input_name="input
 
     Usage: content = to_onnx_bytes(basic_model, nchw=True)
     """
-    try:
-        import tf2onnx
-    except ImportError as error:
-        raise ImportError("ONNX export needs tf2onnx and onnx: pip install tf2onnx onnx") from error
+    tf2onnx = cli.require("tf2onnx", "onnx", "ONNX export")
     serve = _serving_function(model, tuple(model.inputs[0].shape[1:]), nchw=nchw, input_name=input_name)
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=int(opset))
     return _rename_onnx_io(model_proto).SerializeToString()

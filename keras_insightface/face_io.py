@@ -153,6 +153,34 @@ def check_pairs(content, path):
     return bins, issame.astype(bool)
 
 
+MIN_ENCODED_IMAGE_BYTES = 32  # less than any real JPEG / PNG (a PNG with one pixel holds 67 bytes)
+
+
+def _image_size(image):
+    return image.nbytes if isinstance(image, np.ndarray) else len(image) if isinstance(image, (bytes, bytearray)) else None
+
+
+def check_bin_sizes(bins, path):
+    """Refuse a `.bin` whose images cannot be what its file holds, before anything is decoded or allocated.
+
+    Each image must be its own object of at least MIN_ENCODED_IMAGE_BYTES, and all of them together no more bytes
+    than the file: a pickle that references one object millions of times would otherwise ask for terabytes.
+    Usage: check_bin_sizes(bins, "lfw.bin")
+    """
+    distinct = len({id(image) for image in bins})
+    if distinct < len(bins):
+        raise ValueError("{}: its {} images are only {} distinct objects; a .bin stores every image once".format(path, len(bins), distinct))
+    sizes = [_image_size(image) for image in bins]
+    for index, size in enumerate(sizes):
+        if size is None:
+            raise ValueError("{}: image {} is a {}, expected encoded image bytes or a uint8 array of them".format(path, index, type(bins[index]).__name__))
+        if size < MIN_ENCODED_IMAGE_BYTES:
+            raise ValueError("{}: image {} holds only {} bytes, too few for an encoded image".format(path, index, size))
+    file_size = os.path.getsize(path)
+    if sum(sizes) > file_size:
+        raise ValueError("{}: its images total {} bytes, more than the {}-byte file holds".format(path, sum(sizes), file_size))
+
+
 def read_bin_pairs(path):
     """The checked `(bins, issame)` of a `.bin`, read through the restricted unpickler (no image decoding).
 
@@ -161,7 +189,9 @@ def read_bin_pairs(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError("{}: no such .bin file".format(path))
-    return check_pairs(io_utils.safe_load_pickle(path, encoding="bytes"), path)
+    bins, issame = check_pairs(io_utils.safe_load_pickle(path, encoding="bytes"), path)
+    check_bin_sizes(bins, path)
+    return bins, issame
 
 
 def load_bin(path, image_size=(112, 112)):

@@ -33,8 +33,11 @@ def atomic_path(path, suffix=None):
 
 
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` atomically.  Usage: atomic_write_bytes("a.jpg", jpeg_bytes)"""
-    with atomic_path(path) as tmp:
+    """Write `data` to `path` atomically; the temporary name `.<name>.<random>.tmp` has no data extension.
+
+    Usage: atomic_write_bytes("a.jpg", jpeg_bytes)
+    """
+    with atomic_path(path, suffix="") as tmp:
         with open(tmp, "wb") as ff:
             ff.write(data)
 

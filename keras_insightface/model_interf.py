@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from . import face_io
+from . import cli, face_io
 from .face_io import INSIGHTFACE_NORM, KERAS_NORM
 
 _MXNET_SPEC = re.compile(r"^(?P<prefix>.+),(?P<epoch>\d+)$")
@@ -86,13 +86,26 @@ class KerasModelInterf(ModelInterf):
         return np.asarray(embed(images), dtype="float32").reshape(len(images), -1)
 
 
-def _load_keras(model_file):
+def load_keras_model(model_file):
+    """keras.models.load_model(model_file, compile=False) with errors that name the file and say why.
+
+    A Lambda layer (a Python function, refused by Keras' safe mode) is explained, never loaded unsafely.
+    Usage: model = load_keras_model("checkpoints/basic_model.h5")
+    """
     import keras
 
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError("{}: model file not found".format(model_file))
     try:
         return keras.models.load_model(model_file, compile=False)
     except Exception as error:
+        if "Lambda" in str(error) and "safe_mode" in str(error):
+            raise ValueError(
+                "{}: the model has a Lambda layer (a Python function), which Keras' safe mode refuses to load since it can run "
+                "code; if you trust the file, load it yourself with keras.models.load_model(path, safe_mode=False)".format(model_file)
+            ) from error
         raise ValueError("{}: not a readable Keras model ({}: {})".format(model_file, type(error).__name__, error)) from error
+
 
 
 def _onnx_layout(shape):
@@ -105,7 +118,7 @@ def _onnx_layout(shape):
 
 
 def _load_onnx(model_file):
-    import onnxruntime as ort
+    ort = cli.require("onnxruntime", "onnx", "{}: ONNX models".format(model_file))
 
     session = ort.InferenceSession(model_file, providers=ort.get_available_providers())
     model_input = session.get_inputs()[0]
@@ -118,10 +131,7 @@ def _load_onnx(model_file):
 
 
 def _load_torchscript(model_file):
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError("{}: TorchScript models need PyTorch, which is not installed: pip install torch".format(model_file)) from error
+    torch = cli.require("torch", "torch", "{}: TorchScript models".format(model_file))
     module = torch.jit.load(model_file, map_location="cpu").eval()
 
     def predict(inputs):
@@ -209,7 +219,7 @@ def load_model_interf(model_file, input_layout=None, mean=None, std=None, batch_
     if model_file.lower().endswith(KERAS_EXTENSIONS):
         if not os.path.exists(model_file):
             raise FileNotFoundError("model file not found: {}".format(model_file))
-        return KerasModelInterf(_load_keras(model_file), mean, std, batch_size, name)
+        return KerasModelInterf(load_keras_model(model_file), mean, std, batch_size, name)
     predict, layout, (default_mean, default_std) = _load_backend(model_file)
     return ModelInterf(
         predict,

@@ -25,6 +25,8 @@ from . import recordio
 
 COMPLETION_MARKER = ".extraction_complete.json"
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_QUALITY = 95
 
 
@@ -47,12 +49,66 @@ def read_property(dataset_dir):
     return {"num_classes": num_classes, "height": height, "width": width}
 
 
+def remove_leftovers(save_dir):
+    """Delete the temporary files an interrupted extraction left in `<save_dir>/<class>/`; returns how many.
+
+    Usage: remove_leftovers("/datasets/faces_emore_112x112_folders")
+    """
+    removed = 0
+    if not os.path.isdir(save_dir):
+        return removed
+    for folder in [entry.path for entry in os.scandir(save_dir) if entry.is_dir()]:
+        for entry in os.scandir(folder):
+            if entry.is_file() and entry.name.startswith(".") and face_io.TEMPORARY_MARK in entry.name:
+                os.remove(entry.path)
+                removed += 1
+    return removed
+
+
+def check_image_record(reader, key, offset, header, image):
+    """Refuse a record that is not an image stored under its key: the class as an int >= 0.
+
+    With an `.idx`, the header `id` must equal the key (a wrong or duplicated offset reads another record);
+    the bytes must be a whole JPEG (signature ... end marker) or start with the PNG signature.
+    Usage: label = check_image_record(reader, key, offset, *recordio.read_image(reader, offset))
+    """
+    if reader.offsets is not None and header.id != key:
+        raise reader.error(offset, "{} lists key {} here, but the record's header id is {}".format(reader.idx_path, key, header.id))
+    is_jpeg = image.startswith(JPEG_MAGIC) and image.rstrip(b"\0").endswith(JPEG_END)
+    if not (is_jpeg or image.startswith(PNG_MAGIC)):
+        raise reader.error(offset, "key {}: {} image bytes are not a whole JPEG (FF D8 FF ... FF D9) nor a PNG, starting {}".format(
+            key, len(image), image[:8].hex(" ")))
+    label = header.label[0] if isinstance(header.label, tuple) else header.label
+    if label < 0 or label != int(label):
+        raise reader.error(offset, "key {}: class label {} is not an integer >= 0".format(key, label))
+    return int(label)
+
+
+def check_counts(dataset_dir, reader, classes):
+    """The classes found must agree with `property` and the header record's identity count, else ValueError.
+
+    (The image count is checked against the header by `recordio.index_images`.)
+    Usage: check_counts("/datasets/faces_emore", reader, {0, 1, 2})
+    """
+    properties = read_property(dataset_dir)
+    if properties is not None and properties["num_classes"] != len(classes):
+        raise ValueError("{}: property says num_classes={}, but the records hold {} classes".format(
+            os.path.join(dataset_dir, "property"), properties["num_classes"], len(classes)))
+    if reader.offsets is not None and 0 in reader.offsets:
+        header, image = recordio.read_image(reader, reader.offsets[0])
+        if header.flag > 0 and not image:
+            num_ids = recordio.header_counts(reader, header, reader.offsets[0])[1]
+            if num_ids and num_ids != len(classes):
+                raise reader.error(0, "header record announces {} identities, but the images hold {} classes".format(num_ids, len(classes)))
+
+
 def extract_recordio(dataset_dir, save_dir=None, limit=0):
     """Write each image of `<dataset_dir>/train.rec` to `<save_dir>/<class>/<key>.jpg`, bytes unchanged.
 
-    `save_dir` defaults to `<dataset_dir>_112x112_folders`. Images already on disk are kept, and a
-    completion marker written last makes a second run return at once. `limit > 0` extracts only the
-    first `limit` images (a quick look; no completion marker). Returns `save_dir`.
+    `save_dir` defaults to `<dataset_dir>_112x112_folders`. Images already on disk are kept, temporary files
+    of an interrupted run removed, and a completion marker is written last, once every record was checked
+    (`check_image_record`) and the counts agree (`check_counts`): a second run returns at once. `limit > 0`
+    extracts only the first `limit` images (a quick look; no completion marker). Returns `save_dir`.
     Usage: save_dir = extract_recordio("/datasets/faces_emore")
     """
     dataset_dir = os.fspath(dataset_dir).rstrip("/\\") or "/"
@@ -64,7 +120,10 @@ def extract_recordio(dataset_dir, save_dir=None, limit=0):
         return save_dir
     if not os.path.exists(rec_path):
         raise FileNotFoundError("{}: no such file, expected an MXNet RecordIO dataset folder holding train.rec / train.idx".format(rec_path))
-    properties = read_property(dataset_dir)
+    read_property(dataset_dir)  # a malformed property fails before the long work
+    removed = remove_leftovers(save_dir)
+    if removed:
+        print(">>>> Removed {} temporary file(s) of an interrupted extraction in {}".format(removed, save_dir))
 
     with recordio.RecordReader(rec_path) as reader:
         print(">>>> Extracting {} -> {}".format(rec_path, save_dir))
@@ -76,20 +135,19 @@ def extract_recordio(dataset_dir, save_dir=None, limit=0):
         classes, written = set(), 0
         for key, offset in tqdm(entries, desc="Extracting", unit="image"):
             header, image = recordio.read_image(reader, offset)
-            label = recordio.class_of(header)
+            label = check_image_record(reader, key, offset, header, image)
             classes.add(label)
             image_path = os.path.join(save_dir, str(label), "{}.jpg".format(key))
             if not os.path.exists(image_path):
                 io_utils.atomic_write_bytes(image_path, image)
                 written += 1
+        if limit <= 0:
+            check_counts(dataset_dir, reader, classes)
 
     print(">>>> {} images of {} classes in {} ({} written, {} already there)".format(
         len(entries), len(classes), save_dir, written, len(entries) - written))
     if limit > 0:
         return save_dir
-    if properties is not None and properties["num_classes"] != len(classes):
-        raise ValueError("{}: property says num_classes={}, but the records hold {} classes".format(
-            os.path.join(dataset_dir, "property"), properties["num_classes"], len(classes)))
     summary = {"source": os.path.abspath(rec_path), "num_images": len(entries), "num_classes": len(classes)}
     io_utils.atomic_write_text(marker_path, json.dumps(summary, indent=1))
     return save_dir

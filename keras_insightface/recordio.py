@@ -12,6 +12,7 @@ Usage:
             print(key, class_of(header), len(image))
 """
 import collections
+import math
 import os
 import struct
 
@@ -19,6 +20,7 @@ MAGIC = 0xCED7230A
 _RECORD_HEAD = struct.Struct("<II")
 _IMAGE_HEAD = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
+_MIN_RECORD_SIZE = _RECORD_HEAD.size + _IMAGE_HEAD.size  # the smallest record an image or header can take
 _WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
 
 IRHeader = collections.namedtuple("IRHeader", ["flag", "label", "id", "id2"])
@@ -41,6 +43,9 @@ def unpack(payload):
             raise RecordIOError("record payload of {} bytes is too short for its {} labels".format(len(payload), flag))
         label = struct.unpack_from("<{}f".format(flag), payload, start)
         start = end
+    bad = [value for value in (label if flag > 0 else (label,)) if not math.isfinite(value)]
+    if bad:
+        raise RecordIOError("label {} is not a finite number".format(bad[0]))
     return IRHeader(flag, label, id1, id2), payload[start:]
 
 
@@ -62,6 +67,8 @@ def read_index(idx_path):
                 key, offset = int(fields[0]), int(fields[1])
             except (ValueError, IndexError):
                 raise RecordIOError("{}, line {}: expected 'key<TAB>offset', got {!r}".format(idx_path, line_no, line.rstrip("\n"))) from None
+            if offset < 0:
+                raise RecordIOError("{}, line {}: negative byte offset {} for key {}".format(idx_path, line_no, offset, key))
             offsets[key] = offset
     return offsets
 
@@ -163,21 +170,46 @@ def _is_metadata(header, image):
     return header.flag > 0 and len(image) == 0
 
 
+def header_counts(reader, header, offset):
+    """(number of images, number of identity records) that an insightface header record (a, b) announces.
+
+    Images are records 1 .. a-1, identity records a .. b-1; counts the file cannot hold are refused.
+    Usage: num_images, num_ids = header_counts(reader, header, 0)
+    """
+    first_id, end = header.label[0], header.label[1] if len(header.label) > 1 else header.label[0]
+    if first_id != int(first_id) or end != int(end) or not 1 <= first_id <= end:
+        raise reader.error(offset, "header record labels {} are not integers 1 <= a <= b".format(header.label))
+    capacity = reader.size // _MIN_RECORD_SIZE
+    if end > capacity + 1:
+        raise reader.error(offset, "header record announces {} records, but {} bytes hold at most {}".format(int(end) - 1, reader.size, capacity))
+    return int(first_id) - 1, int(end - first_id)
+
+
+def _check_header_layout(reader, num_images, num_ids):
+    """The `.idx` of an insightface file lists keys 0 .. b-1, image records end at key a-1 and identity records start at a."""
+    expected = 1 + num_images + num_ids
+    keys = reader.offsets
+    if len(keys) != expected or min(keys) != 0 or max(keys) != expected - 1:
+        raise RecordIOError("{}: header record announces keys 0 .. {} ({} images, {} identities), but {} lists {} keys from {} to {}".format(
+            reader.rec_path, expected - 1, num_images, num_ids, reader.idx_path, len(keys), min(keys), max(keys)))
+    if num_images and _is_metadata(*read_image(reader, keys[num_images])):
+        raise reader.error(keys[num_images], "key {}, the last image the header record announces, holds no image".format(num_images))
+    if num_ids and not _is_metadata(*read_image(reader, keys[num_images + 1])):
+        raise reader.error(keys[num_images + 1], "key {}, the first identity record the header announces, holds an image".format(num_images + 1))
+
+
 def image_keys(reader):
     """The keys of the image records of an indexed file, in order.
 
-    insightface layout: record 0 holds labels (a, b) and no image; images are keys 1 .. a-1.
-    A shuffled file has no such header: every key is an image.
+    insightface layout: record 0 holds labels (a, b) and no image; images are keys 1 .. a-1, identity
+    records a .. b-1; the `.idx` must agree. A shuffled file has no such header: every key is an image.
     """
     if 0 in reader.offsets:
         header, image = read_image(reader, reader.offsets[0])
         if _is_metadata(header, image):
-            keys = range(1, int(header.label[0]))
-            missing = [key for key in keys if key not in reader.offsets]
-            if missing:
-                raise RecordIOError("{}: header record lists images 1 .. {} but keys {} are missing".format(
-                    reader.idx_path, keys.stop - 1, missing[:5]))
-            return list(keys)
+            num_images, num_ids = header_counts(reader, header, reader.offsets[0])
+            _check_header_layout(reader, num_images, num_ids)
+            return list(range(1, num_images + 1))
     return sorted(reader.offsets, key=reader.offsets.get)
 
 
@@ -192,14 +224,28 @@ def index_images(reader):
     """
     if reader.offsets is not None:
         return [(key, reader.offsets[key]) for key in image_keys(reader)]
-    found = []
+    found, announced = [], None
     for offset, payload in reader.scan():
         header, image = _unpack_at(reader, offset, payload)
         if not _is_metadata(header, image):
             found.append((header.id, offset))
+        elif header.id == 0:
+            announced = header_counts(reader, header, offset)[0]
+    _check_scanned_count(reader, announced, found)
     if len({key for key, _ in found}) < len(found):
         found = [(position, offset) for position, (_, offset) in enumerate(found)]
     return found
+
+
+def _check_scanned_count(reader, announced, found):
+    """A scanned file must hold the images its header record (key 0) announces; images keyed 1 .. n without
+    a header record are insightface's layout whose header, written last by mxnet, was cut off."""
+    if announced is not None and announced != len(found):
+        raise RecordIOError("{}: the header record announces {} images, but the file holds {} (a truncated or damaged copy?)".format(
+            reader.rec_path, announced, len(found)))
+    if announced is None and found and min(key for key, _ in found) == 1:
+        raise RecordIOError("{}: images are keyed from 1 (insightface layout) but there is no header record (key 0): "
+                            "a truncated copy? {} images found, the last at byte offset {}".format(reader.rec_path, len(found), found[-1][1]))
 
 
 def read_image(reader, offset):

@@ -1,4 +1,5 @@
 """IJB_evals: a miniature IJB tree end to end, hand-made embeddings with known TAR@FAR / top-1, hand-worked aggregation."""
+import glob
 import os
 
 import cv2
@@ -155,26 +156,26 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     face_scores = np.array([row[3] for row in rows])
     expected, template_feats = reference_template_scores(embs, embs_f, face_scores, templates, medias, pairs, norm=False, detector=True, flip=True)
 
-    saved = np.load(os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"))
+    saved = np.load(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1.npy"))
     np.testing.assert_allclose(saved, expected, atol=1e-4)
-    label = np.load(os.path.join(out, "IJBC_label.npy"))
+    label = np.load(os.path.join(out, "IJBC_label.npz"))["label"]
     np.testing.assert_array_equal(label, [pair[2] for pair in pairs])
-    with np.load(os.path.join(out, "tiny_model_IJBC.npz")) as data:
+    with np.load(os.path.join(out, "tiny_model_h5_IJBC.npz")) as data:
         np.testing.assert_allclose(data["embs"], embs, atol=1e-4)
         np.testing.assert_allclose(data["embs_f"], embs_f, atol=1e-4)
         np.testing.assert_array_equal(data["templates"], templates)
 
-    csv = pd.read_csv(os.path.join(out, "tiny_model_IJBC.csv"), index_col=0)
+    csv = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC.csv"), index_col=0)
     assert list(csv.columns) == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
     label = np.array([pair[2] for pair in pairs])
     # the default rule is insightface's: the ROC point nearest each FAR
     for far in IJB_evals.FARS:
         column = "{:.0e}".format(far)
-        assert csv.loc["tiny_model_IJBC_N0D1F1", column] == pytest.approx(insightface_tar(label, expected, far) * 100, abs=1e-6)
+        assert csv.loc["tiny_model_h5_IJBC_N0D1F1", column] == pytest.approx(insightface_tar(label, expected, far) * 100, abs=1e-6)
     # 12 negatives: FAR 1e-1 lies between 1/12 and 2/12 false accepts; the nearest point is 1/12
-    assert csv.loc["tiny_model_IJBC_N0D1F1", "1e-01"] == pytest.approx(reference_tar(label, expected, 1 / 12) * 100, abs=1e-6)
+    assert csv.loc["tiny_model_h5_IJBC_N0D1F1", "1e-01"] == pytest.approx(reference_tar(label, expected, 1 / 12) * 100, abs=1e-6)
 
-    one_n = pd.read_csv(os.path.join(out, "tiny_model_IJBC_1N.csv"), index_col=[0, 1])
+    one_n = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_1N.csv"), index_col=[0, 1])
     for gallery, members in (("G1", GALLERIES["G1"]), ("G2", GALLERIES["G2"])):
         hits = []
         for probe, subject in GALLERIES["probe"]:
@@ -184,25 +185,32 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
         assert one_n.loc[("N0D1F1", gallery), "top1"] == pytest.approx(np.mean(hits) * 100)
         assert one_n.loc[("N0D1F1", gallery), "top5"] == pytest.approx(100.0)
 
-    restored, _ = IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-d", mini_tree, "-s", "IJBC", "-B", "-o", out]))
-    assert len(restored) == 8 and set(restored.index) == {"tiny_model_IJBC_" + s for s in IJB_evals.ALL_SCENARIOS}
-    np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
+    restored, _ = IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-d", mini_tree, "-s", "IJBC", "-B", "-o", out]))
+    assert len(restored) == 8 and set(restored.index) == {"tiny_model_h5_IJBC_" + s for s in IJB_evals.ALL_SCENARIOS}
+    np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1.npy")), expected, atol=1e-4)
     for scenario in ("N1D0F0", "N1D1F0", "N0D0F1"):
         flags = IJB_evals.parse_scenario(scenario)
         scenario_expected, _ = reference_template_scores(
             embs, embs_f, face_scores, templates, medias, pairs,
             norm=flags["use_norm_score"], detector=flags["use_detector_score"], flip=flags["use_flip_test"],
         )
-        np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_IJBC_{}.npy".format(scenario))), scenario_expected, atol=1e-4)
+        np.testing.assert_allclose(np.load(os.path.join(out, "tiny_model_h5_IJBC_{}.npy".format(scenario))), scenario_expected, atol=1e-4)
 
     alone = str(tmp_path / "alone")
-    IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_IJBC.npz"), "-s", "IJBC", "-o", alone]))  # meta from the npz
-    np.testing.assert_allclose(np.load(os.path.join(alone, "tiny_model_IJBC_N0D1F1.npy")), expected, atol=1e-4)
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-s", "IJBC", "-o", alone]))  # meta from the npz
+    np.testing.assert_allclose(np.load(os.path.join(alone, "tiny_model_h5_IJBC_N0D1F1.npy")), expected, atol=1e-4)
 
     png = str(tmp_path / "roc.png")
-    plot_table, _ = IJB_evals.run(IJB_evals.parse_arguments(["--plot_only", os.path.join(out, "tiny_model_IJBC_N0D1F1.npy"), os.path.join(out, "tiny_model_IJBC_N1D1F1.npy"), os.path.join(out, "IJBC_label.npy"), "--plot_save", png]))
+    plot_table, _ = IJB_evals.run(IJB_evals.parse_arguments(["--plot_only", os.path.join(out, "tiny_model_h5_IJBC_N0D1F1.npy"), os.path.join(out, "tiny_model_h5_IJBC_N1D1F1.npy"), os.path.join(out, "IJBC_label.npz"), "--plot_save", png]))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(plot_table) == 2
+    assert sorted(os.path.basename(path) for path in glob.glob(os.path.join(out, "*.npy"))) == sorted(
+        "tiny_model_h5_IJBC_{}.npy".format(s) for s in IJB_evals.ALL_SCENARIOS)  # README's score glob: no label file
+
+    with pytest.raises(ValueError, match="tiny_model_h5_IJBC.npz: embeddings of IJBC, but -s IJBB was asked"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-s", "IJBB", "-o", alone]))
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-o", alone]))  # -s from the file
+    assert os.path.exists(os.path.join(alone, "tiny_model_h5_IJBC.csv"))
 
 
 def hand_made_release(root):
@@ -241,7 +249,7 @@ def hand_made_release(root):
     return np.array(embs, dtype="float32")
 
 
-def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
+def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path, capsys):
     root = str(tmp_path / "IJB_release")
     embs = hand_made_release(root)
     npz = str(tmp_path / "emb" / "hand_IJBC.npz")
@@ -262,6 +270,7 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
     for far, tar in expected.items():
         assert interpolated.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
     assert os.path.exists(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy"))
+    assert ">>>> Saved scores: {}\n".format(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy") in capsys.readouterr().out
     saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC.csv"), index_col=0)
     assert saved.loc["hand_IJBC_N0D1F0", "1e-02"] == pytest.approx(80.0)
 
@@ -271,6 +280,33 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path):
     assert g2["top1"] == pytest.approx(50) and g2["top5"] == pytest.approx(100)
     # non-mated probes score 0 against the other gallery; FPIR 1% allows none above 0: the right rank-1 hits pass
     assert g1["TPIR@FPIR=1e-02"] == pytest.approx(200 / 3) and g2["TPIR@FPIR=1e-02"] == pytest.approx(50)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_embeddings_are_an_error_with_their_count(tmp_path, value):
+    root = str(tmp_path / "IJB_release")
+    embs = hand_made_release(root)
+    embs[[3, 40]] = value
+    npz = str(tmp_path / "bad_IJBC.npz")
+    np.savez(npz, embs=embs)
+    with pytest.raises(ValueError, match=r"bad_IJBC.npz: 2 of \d+ embs rows hold NaN or inf \(first: row 3\)"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-d", root, "-s", "IJBC", "-B"]))
+
+
+def test_result_names_carry_the_model_format():
+    names = {IJB_evals.model_result_name(path) for path in ("m/model.h5", "m/model.onnx", "m/model.keras", "m/model.pt")}
+    assert names == {"model_h5", "model_onnx", "model_keras", "model_pt"}
+    assert IJB_evals.model_result_name("models/r100/model,0") == "r100_mxnet"
+
+
+def test_restore_of_a_file_that_is_not_an_npz_is_an_error(tmp_path):
+    npz = tmp_path / "scores_IJBB.npz"
+    npz.write_text("not numpy")
+    with pytest.raises(ValueError, match=r"scores_IJBB.npz: not an .npz file"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-R", str(npz)]))
+    np.save(tmp_path / "scores.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"scores.npy: not an .npz file"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-R", str(tmp_path / "scores.npy")]))
 
 
 def two_template_meta():
@@ -397,6 +433,23 @@ def test_malformed_meta_fails_before_the_model_naming_file_and_line(small_releas
     _rewrite_line(os.path.join(meta_dir, file_name), line, text)
     with pytest.raises(error, match=message):
         IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB", "-N"]))
+
+
+def test_probe_csv_with_only_a_header_is_an_error(small_release):
+    root, meta_dir = small_release
+    open(os.path.join(meta_dir, "ijbb_1N_probe_mixed.csv"), "w").write("TEMPLATE_ID,SUBJECT_ID,FILENAME\n")
+    with pytest.raises(ValueError, match=r"ijbb_1N_probe_mixed\.csv: only a header line, no rows"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB", "-N"]))
+
+
+def test_image_names_leaving_the_release_folder_are_an_error(small_release):
+    root, meta_dir = small_release
+    open(os.path.join(root, "IJBB", "outside.jpg"), "wb").write(open(os.path.join(root, "IJBB", "loose_crop", "1.jpg"), "rb").read())
+    for file_name in ("ijbb_face_tid_mid.txt", "ijbb_name_5pts_score.txt"):
+        path = os.path.join(meta_dir, file_name)
+        _rewrite_line(path, 2, open(path).read().splitlines()[1].replace("2.jpg", "../outside.jpg"))
+    with pytest.raises(ValueError, match=r"ijbb_name_5pts_score\.txt: line 2: image name '\.\./outside\.jpg' leaves the image folder"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"]))
 
 
 def test_missing_image_is_named_with_its_line(small_release):

@@ -181,11 +181,11 @@ def test_normalize_formula():
 
 
 def half_image_folder(root, count, left, right):
-    """Images whose left half is `left` and right half `right` (gray)."""
+    """Images whose left half is `left` and right half `right` (gray), alternating between classes 0 and 1."""
     pixels = np.empty(SIZE + (3,), dtype=np.uint8)
     pixels[:, : SIZE[1] // 2], pixels[:, SIZE[1] // 2 :] = left, right
     for ii in range(count):
-        write_image(os.path.join(root, "0", "{}.png".format(ii)), pixels)
+        write_image(os.path.join(root, str(ii % 2), "{}.png".format(ii)), pixels)
 
 
 def test_random_status_0_flips_about_half(tmp_path):
@@ -203,7 +203,7 @@ def test_random_status_0_flips_about_half(tmp_path):
 def test_random_status_1_brightness_statistics(tmp_path):
     root = str(tmp_path / "bright_flat")
     for ii in range(32):
-        write_gray(os.path.join(root, "0", "{}.png".format(ii)), 128)
+        write_gray(os.path.join(root, str(ii % 2), "{}.png".format(ii)), 128)
     ds, _ = data.prepare_dataset(root, batch_size=32, img_shape=SIZE, random_status=1, seed=5)
     images = np.concatenate([xx for _ in range(4) for xx, _ in all_batches(ds)])
     values = images / 0.0078125 + 127.5
@@ -318,6 +318,64 @@ def test_triplet_batch_size_must_divide(tmp_path):
     make_gray_folder(root, {"0": 4, "1": 4})
     with pytest.raises(ValueError, match="batch_size=5.*image_per_class=2"):
         data.prepare_dataset(root, batch_size=5, img_shape=SIZE, image_per_class=2)
+
+
+# ---------------------------------------------------------------- what cannot be learned is refused at start
+def test_hidden_and_temporary_files_are_not_images(tmp_path):
+    root = tmp_path / "interrupted"
+    make_gray_folder(str(root), {"0": 2})
+    write_gray(str(root / "0" / ".2.jpg.x1y2z3.tmp.jpg"), 10)  # an interrupted atomic write, older naming
+    write_gray(str(root / "0" / ".hidden.png"), 10)
+    (root / "0" / ".3.jpg.a1b2c3.tmp").write_bytes(b"half")
+    names, _, _, _ = data.pre_process_folder(str(root))
+    assert sorted(os.path.basename(name) for name in names) == ["0.png", "1.png"]
+
+
+def test_no_readable_image_is_an_error(tmp_path):
+    root = tmp_path / "broken"
+    for cls in ("0", "1"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "0.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(ValueError, match="none of the 2 images can be read"):
+        data.prepare_dataset(str(root), batch_size=1, img_shape=SIZE)
+
+
+def test_one_class_is_an_error(tmp_path):
+    root = tmp_path / "single"
+    make_gray_folder(str(root), {"3": 4})
+    with pytest.raises(ValueError, match="one class; a classifier needs at least two"):
+        data.prepare_dataset(str(root), batch_size=2, img_shape=SIZE)
+
+
+def test_negative_npz_labels_are_an_error(tmp_path):
+    names, classes, _ = embedding_dataset_files(tmp_path)
+    npz = str(tmp_path / "negative.npz")
+    np.savez(npz, image_names=names, image_classes=classes - 1)
+    with pytest.raises(ValueError, match=re.escape(npz) + ": 3 image.* negative class label"):
+        data.prepare_dataset(npz, batch_size=2, img_shape=SIZE)
+
+
+def test_teacher_embedding_count_must_match_the_images(tmp_path):
+    names, classes, embeddings = embedding_dataset_files(tmp_path)
+    npz = str(tmp_path / "short_embs.npz")
+    np.savez(npz, image_names=names, image_classes=classes, embeddings=embeddings[:4])
+    with pytest.raises(ValueError, match="embeddings of shape \\(4, 8\\) for 6 images"):
+        data.prepare_dataset(npz, batch_size=2, img_shape=SIZE)
+
+
+def test_two_folders_naming_one_class_are_an_error(tmp_path):
+    root = tmp_path / "zero_padded"
+    make_gray_folder(str(root), {"1": 1, "01": 1, "2": 1})
+    with pytest.raises(ValueError, match="class folders '01' and '1' both name class 1"):
+        data.prepare_dataset(str(root), batch_size=1, img_shape=SIZE)
+
+
+def test_digit_like_folder_names_map_in_sorted_order(tmp_path):
+    root = tmp_path / "superscript"
+    make_gray_folder(str(root), {"5\u00b2": 1, "7": 1})
+    names, classes, _, num_classes = data.pre_process_folder(str(root))
+    assert num_classes == 2 and classes.tolist() == [0, 1]
+    assert os.path.basename(os.path.dirname(names[1])) == "7"
 
 
 # ---------------------------------------------------------------- npz and tfrecord inputs

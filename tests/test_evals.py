@@ -125,7 +125,8 @@ def test_ndarray_encoded_images_and_resize(tmp_path):
         (([], []), r"holds no image pairs"),
         (([b"a", b"b", b"c"], [True]), r"odd number of images \(3\)"),
         (([b"a", b"b", b"c", b"d"], [True]), r"4 images for 1 issame labels"),
-        (([b"not a jpeg", b"x"], [True]), r"image 0 \(10 bytes\) could not be decoded"),
+        (([b"not a jpeg" * 4, b"x" * 40], [True]), r"image 0 \(40 bytes\) could not be decoded"),
+        (([b"\xff\xd8\xff" * 20, b"x"], [True]), r"image 1 holds only 1 bytes, too few for an encoded image"),
         (([3.5, b"x"], [True]), r"image 0 is a float"),
     ],
 )
@@ -134,6 +135,30 @@ def test_bad_bins_raise_naming_file(tmp_path, content, message):
     with open(path, "wb") as ff:
         pickle.dump(content, ff)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
+        face_io.load_bin(path)
+
+
+class _ArrayOnSharedBuffer:
+    """Pickles as numpy's own `_frombuffer(buffer, ...)`: every array a new object, all on one memoized buffer."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce__(self):
+        return (np._core.numeric._frombuffer, (self.data, np.dtype("uint8"), (len(self.data),), "C"))
+
+
+@pytest.mark.parametrize("shared", ["object", "buffer"])
+def test_bin_referencing_more_than_it_holds_is_refused_before_decoding(tmp_path, shared):
+    path = tmp_path / "bomb.bin"
+    image = b"\xff\xd8\xff" + b"\0" * 4000
+    if shared == "object":
+        bins, message = [image] * 200000, r"its 200000 images are only 1 distinct objects"  # ~1 MB file, 800 MB referenced
+    else:
+        bins, message = [_ArrayOnSharedBuffer(image) for _ in range(20000)], r"its images total 80060000 bytes, more than the \d+-byte file"
+    with open(path, "wb") as ff:
+        pickle.dump((bins, [True] * (len(bins) // 2)), ff, protocol=4)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
         face_io.load_bin(path)
 
 

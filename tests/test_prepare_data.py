@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_insightface import io_utils
+from keras_insightface import face_io, io_utils
 from keras_insightface import prepare_data
 from keras_insightface import recordio
 
@@ -79,23 +79,27 @@ def write_recordio(rec_path, idx_path, records):
     return num_parts
 
 
+JPEG_START, JPEG_END, PNG_START = b"\xff\xd8\xff\xe0", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
+
+
 def shuffled_images():
     """(key, label, image bytes) in file order: no header record, key 0 an image with array labels,
-    payloads holding the magic at aligned places (multi-part, an empty middle part, magic at the end)
-    and at an unaligned place (no cut), lengths not multiple of 4 (padding)."""
+    payloads holding the magic at aligned places (multi-part, magic right after the image signature,
+    magic at the end: an empty last part) and at an unaligned place (no cut), lengths not multiple of 4
+    (padding). Images are JPEG signature ... end marker, or a PNG signature."""
     rng = np.random.default_rng(7)
 
     def noise(size):
         return rng.integers(0, 256, size, dtype=np.uint8).tobytes().replace(MAGIC, b"\0\0\0\0")
 
     return [
-        (3, 1, b"\xff\xd8\xff" + noise(50)),
-        (0, (2.0, 0.25), noise(44) + MAGIC + MAGIC + noise(15) + MAGIC + noise(9)),  # aligned x2, unaligned x1
-        (5, 0, noise(20) + MAGIC),  # ends with the magic: an empty last part
-        (1, (0.0, 1.0, 5.0), noise(8) + MAGIC + noise(101)),
-        (6, 2, noise(33)),
-        (2, (1.0,), MAGIC + noise(64)),  # image starts with the magic: an empty first part
-        (4, 2, noise(7)),
+        (3, 1, JPEG_START + noise(50) + JPEG_END),
+        (0, (2.0, 0.25), JPEG_START + noise(40) + MAGIC + MAGIC + noise(15) + MAGIC + noise(9) + JPEG_END),  # aligned x2, unaligned x1
+        (5, 0, PNG_START + noise(12) + MAGIC),  # ends with the magic: an empty last part
+        (1, (0.0, 1.0, 5.0), JPEG_START + noise(4) + MAGIC + noise(101) + JPEG_END),
+        (6, 2, JPEG_START + noise(29) + JPEG_END),
+        (2, (1.0,), JPEG_START + MAGIC + noise(64) + JPEG_END),
+        (4, 2, JPEG_START + noise(3) + JPEG_END),
     ]
 
 
@@ -209,6 +213,129 @@ def test_idx_pointing_past_the_end_is_an_error(tmp_path):
 def test_missing_rec_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.rec"):
         prepare_data.extract_recordio(tmp_path)
+
+
+# ---- records that are not what the index and header say: refused before the completion marker -----------
+
+
+def fixture_offsets():
+    return {int(line.split("\t")[0]): int(line.split("\t")[1]) for line in open(os.path.join(FIXTURE, "train.idx")) if line.strip()}
+
+
+def patch_bytes(path, offset, data):
+    with open(path, "r+b") as ff:
+        ff.seek(offset)
+        ff.write(data)
+
+
+def write_idx(path, offsets):
+    with open(path, "w") as ff:
+        ff.writelines("{}\t{}\n".format(key, offset) for key, offset in offsets.items())
+
+
+def assert_refused(dataset_dir, match, error=recordio.RecordIOError):
+    with pytest.raises(error, match=match):
+        prepare_data.extract_recordio(dataset_dir)
+    assert not os.path.exists(os.path.join(prepare_data.default_save_dir(str(dataset_dir)), prepare_data.COMPLETION_MARKER))
+
+
+@pytest.mark.parametrize("change", ["swapped", "duplicated"])
+def test_idx_offset_of_another_record_is_an_error(tmp_path, change):
+    dataset_dir = copy_fixture(tmp_path)
+    offsets = fixture_offsets()
+    if change == "swapped":
+        offsets[4], offsets[5] = offsets[5], offsets[4]
+    else:
+        offsets[5] = offsets[4]
+    write_idx(dataset_dir / "train.idx", offsets)
+    assert_refused(dataset_dir, r"byte offset \d+: .*train.idx lists key [45] here, but the record's header id is [45]")
+
+
+@pytest.mark.parametrize("damage", ["flipped", "shortened"])
+def test_payload_that_is_no_whole_image_is_an_error(tmp_path, damage):
+    dataset_dir = copy_fixture(tmp_path)
+    offset = fixture_offsets()[3]
+    rec_path = dataset_dir / "train.rec"
+    if damage == "flipped":
+        patch_bytes(rec_path, offset + 8 + 24, b"\x00")  # first byte of the JPEG signature
+    else:
+        with open(rec_path, "rb") as ff:
+            ff.seek(offset + 4)
+            lrec = struct.unpack("<I", ff.read(4))[0]
+        patch_bytes(rec_path, offset + 4, struct.pack("<I", lrec - 100))  # 100 image bytes fewer
+    assert_refused(dataset_dir, r"byte offset {}: key 3: .* not a whole JPEG".format(offset))
+
+
+@pytest.mark.parametrize("first_id", [1.0, 10.0, 40.0])
+def test_corrupted_header_count_without_property_is_an_error(tmp_path, first_id):
+    dataset_dir = copy_fixture(tmp_path, names=("train.rec", "train.idx"))
+    patch_bytes(dataset_dir / "train.rec", fixture_offsets()[0] + 8 + 24, struct.pack("<f", first_id))  # header labels (a, b) = (31, 37)
+    assert_refused(dataset_dir, "train.rec: .*(header|holds)")
+
+
+def test_rec_without_idx_cut_at_a_record_boundary_is_an_error(tmp_path):
+    dataset_dir = copy_fixture(tmp_path, names=("train.rec", "property"))
+    with open(dataset_dir / "train.rec", "r+b") as ff:
+        ff.truncate(fixture_offsets()[15])
+    assert_refused(dataset_dir, "train.rec: images are keyed from 1 .* no header record .* 14 images found")
+
+
+def test_rec_without_idx_missing_images_is_an_error(tmp_path):
+    dataset_dir = copy_fixture(tmp_path, names=("train.rec",))
+    offsets = fixture_offsets()
+    with open(dataset_dir / "train.rec", "rb") as ff:
+        data = ff.read()
+    with open(dataset_dir / "train.rec", "wb") as ff:
+        ff.write(data[: offsets[15]] + data[offsets[16] :])  # record 15 dropped, the header record kept
+    assert_refused(dataset_dir, "train.rec: the header record announces 30 images, but the file holds 29")
+
+
+@pytest.mark.parametrize("names", [("train.rec", "train.idx"), ("train.rec",)], ids=["idx", "no_idx"])
+def test_header_count_larger_than_the_file_is_an_error(tmp_path, names):
+    dataset_dir = copy_fixture(tmp_path, names=names)
+    patch_bytes(dataset_dir / "train.rec", fixture_offsets()[0] + 8 + 24, struct.pack("<ff", 1e9, 1e9 + 6))
+    assert_refused(dataset_dir, r"byte offset \d+: header record announces \d+ records, but \d+ bytes hold at most")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_label_is_an_error_with_the_offset(tmp_path, value):
+    dataset_dir = copy_fixture(tmp_path)
+    offset = fixture_offsets()[7]
+    patch_bytes(dataset_dir / "train.rec", offset + 8 + 4, struct.pack("<f", value))
+    assert_refused(dataset_dir, r"byte offset {}: label (inf|nan) is not a finite number".format(offset))
+
+
+def test_negative_idx_offset_is_an_error(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    offsets = fixture_offsets()
+    offsets[9] = -8
+    write_idx(dataset_dir / "train.idx", offsets)
+    assert_refused(dataset_dir, r"train.idx, line 9: negative byte offset -8 for key 9")
+
+
+def test_temporary_names_are_no_images_and_leftovers_are_removed(tmp_path, monkeypatch):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = tmp_path / "out"
+    temporary_names = []
+    real_replace = os.replace
+
+    def killed_after_first_write(src, dst):
+        temporary_names.append(os.path.basename(src))
+        raise KeyboardInterrupt  # the kill: the temporary file is left behind by a real one
+
+    monkeypatch.setattr(os, "replace", killed_after_first_write)
+    monkeypatch.setattr(os, "remove", lambda path: None)  # a kill runs no cleanup
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data.extract_recordio(dataset_dir, save_dir)
+    monkeypatch.undo()
+    assert temporary_names and not any(face_io.is_image_file(name) or name.lower().endswith(face_io.IMAGE_EXTENSIONS) for name in temporary_names)
+    (save_dir / "0" / ".1.jpg.abc123.tmp.jpg").write_bytes(b"half")  # the older naming, ending in .jpg
+    assert len(tree_sha256(save_dir)) == 2
+
+    prepare_data.extract_recordio(dataset_dir, save_dir)
+    files = tree_sha256(save_dir)
+    assert {path: sha for path, sha in files.items() if path != prepare_data.COMPLETION_MARKER} == EXPECTED_FILES
+    assert real_replace is os.replace
 
 
 # ---- shuffled RecordIO without header, written here ------------------------------------------------------
