@@ -99,12 +99,21 @@ def buildin_models(
         when they differ from the Keras defaults (0.99, 0.001).
     add_pointwise_conv: Conv1x1(512) + BN + ReLU before the head (-1: half the channels).
     use_prelu: every ReLU of the result (backbone and head) becomes a PReLU, see `replace_ReLU_with_PReLU`.
-    weights: passed to the backbone builder ("imagenet" where keras.applications offers it).
+    weights: passed to the backbone builder ("imagenet" where keras.applications offers it); or insightface's
+        trained weights: an arcface_torch state dict (`.pth`) or an insightface ONNX recognition model (`.onnx`) of
+        the same network (r18 ... r200 with output_layer="E", use_bias=True; mbf with output_layer="GDC"), loaded
+        with the source's BatchNorm epsilon and input normalization (see `convert_insightface`).
     kwargs: passed to the backbone builder.
 
     Usage:
         basic_model = buildin_models("r34", dropout=0.4, emb_shape=512, output_layer="E", bn_momentum=0.9, bn_epsilon=2e-5)
+        basic_model = buildin_models("r100", dropout=0, emb_shape=512, output_layer="E", use_bias=True, weights="backbone.pth")
     """
+    from . import convert_insightface
+
+    insightface_weights = None
+    if convert_insightface.is_insightface_weights(weights):
+        insightface_weights, weights = weights, None
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
         if (bn_momentum, bn_epsilon) != (0.99, 0.001):
@@ -117,7 +126,11 @@ def buildin_models(
     basic_model = heads.add_embedding_head(
         backbone, emb_shape, output_layer, dropout, bn_momentum, bn_epsilon, add_pointwise_conv, use_bias, scale
     )
-    return replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
+    basic_model = replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
+    if insightface_weights is not None:
+        stem_name = stem_model if isinstance(stem_model, str) else None
+        basic_model = convert_insightface.load_insightface_weights(basic_model, insightface_weights, stem_name)
+    return basic_model
 
 
 def print_buildin_models():
