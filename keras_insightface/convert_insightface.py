@@ -499,8 +499,16 @@ def _flattened_shape(node_id, layers, parents, passthrough):
 
 
 # ---------------------------------------------------------------- loading
+HEAD_HINT = ("arcface_torch's heads are output_layer=\"E\", use_bias=True for the IResNets and "
+             "output_layer=\"GDC\", use_bias=False for MobileFaceNet")
+HEAD_LAYER_PREFIXES = ("E_", "GDC_", "F_", "GAP_", "pw_", "pre_embedding")
+
+
 def _mismatch(source, unit, layer_unit, what):
-    return WeightsMismatchError("{}: {} does not fit {}: {}".format(source, unit.name, layer_unit.name, what))
+    hint = ""
+    if layer_unit.layer is not None and layer_unit.layer.name.startswith(HEAD_LAYER_PREFIXES):
+        hint = " ({})".format(HEAD_HINT)
+    return WeightsMismatchError("{}: {} does not fit {}: {}{}".format(source, unit.name, layer_unit.name, what, hint))
 
 
 def _conv_kernel(source, unit, target):

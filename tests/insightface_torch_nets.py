@@ -139,7 +139,7 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) * self.scale)
 
 
-def randomize(model, seed=0, input_size=112, passes=3):
+def randomize(model, seed=0, input_size=112, passes=2, batch_size=8):
     """Random affine BatchNorm / PReLU values, then running statistics from train-mode passes; returns model.eval()."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -152,5 +152,5 @@ def randomize(model, seed=0, input_size=112, passes=3):
                 module.weight.copy_(torch.rand(module.weight.shape, generator=generator) * 0.5)
         model.train()
         for _ in range(passes):
-            model(torch.randn(8, 3, input_size, input_size, generator=generator))
+            model(torch.randn(batch_size, 3, input_size, input_size, generator=generator))
     return model.eval()
