@@ -474,12 +474,12 @@ def _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, cou
     return ds.map(flatten)
 
 
-def _batch_finisher(num_classes, augment, jit_compile, random_crop=None):
+def _batch_finisher(num_classes, augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM):
     """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets."""
 
     def augment_and_normalize(images, seed):
         images = tf.cast(images, tf.float32)
-        return face_io.normalize(images if augment is None else augment(images, seed))
+        return face_io.normalize(images if augment is None else augment(images, seed), norm)
 
     if jit_compile:  # XLA fuses the uint8 -> float32 cast, augmentation and normalization into a few passes
         augment_and_normalize = tf.function(augment_and_normalize, jit_compile=True)
@@ -511,10 +511,12 @@ def prepare_dataset(
     shuffle_buffer_size=None,
     is_train=True,
     seed=None,
+    norm=None,
 ):
     """tf.data batches `(images, one_hot_labels)`, or `(images, (one_hot_labels, embeddings))` for distiller data.
 
-    images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125`, augmented by `random_status` when
+    images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125` (or `norm`, a (mean, std) such as
+    `face_io.model_normalization(basic_model)`: `Train` passes its model's), augmented by `random_status` when
     is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
     img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing; the RandAugment levels
     >= 100 do not crop, as the original). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
@@ -565,7 +567,8 @@ def prepare_dataset(
     ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
     augment = make_augment(random_status, seed) if is_train else None
     crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
-    finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop)
+    finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
+                             norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm))
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
     return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch

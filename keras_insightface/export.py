@@ -6,13 +6,18 @@ similarity of their embeddings (min / mean). float32 TFLite and ONNX need a min 
 float16 >= 0.999; dynamic-range and integer exports report theirs. With a `.bin` the verification
 accuracy of both models is printed too, so the cost of a quantization is visible.
 
-Inputs of the exported models:
+Inputs of the exported models ("the model's": `face_io.model_normalization(model)`, the `InputNormalization`
+layer's, e.g. (x - 127.5) / 127.5 for a model converted from insightface, else (x - 127.5) / 128):
 | format            | input                               | normalization fed by the caller |
 | ----------------- | ----------------------------------- | ------------------------------- |
-| TFLite float      | float32 [batch, 112, 112, 3] RGB    | (x - 127.5) / 128               |
-| TFLite uint8/int8 | uint8/int8 [batch, 112, 112, 3] RGB | quantized with the input's scale / zero point |
-| ONNX (default)    | float32 [batch, 112, 112, 3] RGB    | (x - 127.5) / 128               |
-| ONNX `nchw=True`  | float32 [batch, 3, 112, 112] RGB    | (x - 127.5) / 127.5 (insightface style; rescaled inside) |
+| TFLite float      | float32 [batch, 112, 112, 3] RGB    | the model's                     |
+| TFLite uint8/int8 | uint8/int8 [batch, 112, 112, 3] RGB | the model's, quantized with the input's scale / zero point |
+| ONNX (default)    | float32 [batch, 112, 112, 3] RGB    | the model's                     |
+| ONNX `nchw=True`  | float32 [batch, 3, 112, 112] RGB    | (x - 127.5) / 127.5 whatever the model's (insightface style; converted inside) |
+
+The `nchw=True` file is what insightface's `ArcFaceONNX` (python-package insightface/model_zoo) expects: a static
+[batch, 3, 112, 112] input, one output, and no node named `Sub...` / `Mul...` among the first eight (which would
+make it feed raw pixels), so it normalizes with (x - 127.5) / 127.5.
 
 Usage:
     from keras_insightface import export
@@ -234,14 +239,15 @@ def run_tflite(interpreter, inputs, batch_size=PARITY_BATCH):
     return np.concatenate(outputs, axis=0).reshape(len(inputs), -1)
 
 
-def _onnx_runner(path):
+def _onnx_runner(path, norm=face_io.KERAS_NORM):
+    """Embeddings of uint8 images by the exported ONNX file: NCHW fed insightface-style, NHWC fed `norm` (the model's)."""
     ort = cli.require("onnxruntime", "onnx", "{}: ONNX parity checks".format(path))
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     input_name, nchw = session.get_inputs()[0].name, session.get_inputs()[0].shape[1] == 3
 
     def run(images):
-        inputs = face_io.normalize(np.asarray(images), face_io.INSIGHTFACE_NORM if nchw else face_io.KERAS_NORM)
+        inputs = face_io.normalize(np.asarray(images), face_io.INSIGHTFACE_NORM if nchw else norm)
         inputs = inputs.transpose(0, 3, 1, 2) if nchw else inputs
         batches = [session.run(None, {input_name: inputs[ss : ss + PARITY_BATCH]})[0] for ss in range(0, len(inputs), PARITY_BATCH)]
         return np.concatenate(batches, axis=0).reshape(len(images), -1).astype("float32")
@@ -249,9 +255,9 @@ def _onnx_runner(path):
     return run
 
 
-def _tflite_runner(path):
+def _tflite_runner(path, norm=face_io.KERAS_NORM):
     interpreter = make_tflite_interpreter(path)
-    return lambda images: run_tflite(interpreter, face_io.normalize(np.asarray(images)))
+    return lambda images: run_tflite(interpreter, face_io.normalize(np.asarray(images), norm))
 
 
 # ---------------------------------------------------------------- parity
@@ -330,17 +336,27 @@ INTEGER_QUANTIZATIONS = ("uint8", "int8")
 
 
 def _serving_function(model, input_shape, nchw=False, input_name="input"):
-    """A tf.function with a dynamic batch for tf2onnx, running the model in inference mode (NCHW input transposed first)."""
+    """A tf.function with a dynamic batch for tf2onnx, running the model in inference mode.
+
+    NCHW input is insightface-normalized, (x - 127.5) / 127.5: it is transposed and turned into the model's own
+    normalization (nothing when that is insightface's too). The ops get names that insightface's ArcFaceONNX does
+    not take for an MXNet-style Sub / Mul input normalization.
+    """
     import tensorflow as tf
 
     height, width, channels = input_shape
     shape = (None, channels, height, width) if nchw else (None, height, width, channels)
     spec = [tf.TensorSpec(shape, tf.float32, name=input_name)]
-    rescale = face_io.INSIGHTFACE_NORM[1] / face_io.KERAS_NORM[1]
+    (their_mean, their_std), (mean, std) = face_io.INSIGHTFACE_NORM, face_io.model_normalization(model)
+    scale, shift = their_std / std, (their_mean - mean) / std  # (x * their_std + their_mean - mean) / std
 
     def serve(inputs):
         if nchw:
-            inputs = tf.transpose(inputs * rescale, [0, 2, 3, 1])
+            inputs = tf.transpose(inputs, [0, 2, 3, 1], name="nchw_to_nhwc")
+            if scale != 1:
+                inputs = tf.math.multiply(inputs, scale, name="input_rescale")
+            if shift != 0:
+                inputs = tf.math.add(inputs, shift, name="input_shift")
         return tf.cast(model(inputs, training=False), tf.float32)
 
     return tf.function(serve, input_signature=spec)
@@ -362,7 +378,7 @@ def to_tflite_bytes(model, quantization="float32", representative_images=None):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     QUANTIZATIONS[quantization](converter)
     if quantization in INTEGER_QUANTIZATIONS:
-        inputs = face_io.normalize(np.asarray(representative_images))
+        inputs = face_io.normalize(np.asarray(representative_images), face_io.model_normalization(model))
         converter.representative_dataset = lambda: ([image[None]] for image in tqdm(inputs, desc="Calibrating", leave=False))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # the SavedModel export lists its endpoints and captures; integer types warn about unset input statistics
@@ -416,7 +432,7 @@ def convert_tflite(
     with io_utils.atomic_path(output_path) as tmp:
         with open(tmp, "wb") as ff:
             ff.write(content)
-        _verify_export(model, _tflite_runner(tmp), "tflite " + quantization, PARITY_THRESHOLDS.get(quantization), inputs)
+        _verify_export(model, _tflite_runner(tmp, face_io.model_normalization(model)), "tflite " + quantization, PARITY_THRESHOLDS.get(quantization), inputs)
     print(">>>> Saved: {} ({:.3f} MB)".format(output_path, len(content) / 2**20))
     return output_path
 
@@ -471,7 +487,7 @@ def convert_onnx(
     with io_utils.atomic_path(output_path) as tmp:
         with open(tmp, "wb") as ff:
             ff.write(content)
-        _verify_export(model, _onnx_runner(tmp), "onnx", PARITY_THRESHOLDS["onnx"], inputs)
+        _verify_export(model, _onnx_runner(tmp, face_io.model_normalization(model)), "onnx", PARITY_THRESHOLDS["onnx"], inputs)
     print(">>>> Saved: {} ({:.3f} MB)".format(output_path, len(content) / 2**20))
     return output_path
 

@@ -5,8 +5,8 @@ One place knows how to run every supported model kind, chosen by the file type:
 | model file                  | backend            | layout | default normalization          |
 | --------------------------- | ------------------ | ------ | ------------------------------ |
 | `*.h5`, `*.keras`           | Keras 3            | NHWC   | the model's (face_io.model_normalization), (x - 127.5) / 128 by default |
-| `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export), NHWC -> (x - 127.5) / 128 (Keras export) |
-| `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5            |
+| `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export; raw pixels when its first nodes are Sub / Mul, as insightface's ArcFaceONNX decides), NHWC -> (x - 127.5) / 128 (Keras export) |
+| `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5 (a state dict: convert it with convert_insightface) |
 | `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
 
 Usage:
@@ -127,12 +127,32 @@ def _load_onnx(model_file):
     def predict(inputs):
         return session.run(None, {model_input.name: inputs})[0]
 
-    return predict, layout, INSIGHTFACE_NORM if layout == "NCHW" else KERAS_NORM
+    norm = INSIGHTFACE_NORM if layout == "NCHW" else KERAS_NORM
+    if layout == "NCHW" and _normalizes_itself(model_file):
+        norm = (0.0, 1.0)
+    return predict, layout, norm
+
+
+def _normalizes_itself(model_file):
+    """insightface's ArcFaceONNX rule: a Sub... / _minus... and a Mul... / _mul... node among the first eight
+    (an MXNet-converted graph normalizing raw pixels itself). False when the onnx package is missing."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    names = [node.name for node in onnx.load(model_file, load_external_data=False).graph.node[:8]]
+    return any(name.startswith(("Sub", "_minus")) for name in names) and any(name.startswith(("Mul", "_mul")) for name in names)
 
 
 def _load_torchscript(model_file):
     torch = cli.require("torch", "torch", "{}: TorchScript models".format(model_file))
-    module = torch.jit.load(model_file, map_location="cpu").eval()
+    try:
+        module = torch.jit.load(model_file, map_location="cpu").eval()
+    except RuntimeError as error:
+        raise ValueError(
+            "{}: not a TorchScript model ({}); an arcface_torch state dict (backbone.pth) converts into a Keras model "
+            "first: keras-insightface-convert-insightface -i {}".format(model_file, str(error).splitlines()[0], model_file)
+        ) from error
 
     def predict(inputs):
         with torch.no_grad():

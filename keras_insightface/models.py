@@ -103,12 +103,21 @@ def buildin_models(
     fused_batchnorm: the head's BatchNorms, and a named backbone's (keras.applications ones swapped, weights
         kept), are `batchnorm.BatchNormalization` on TensorFlow's fused kernel; False keeps the stock Keras
         layer everywhere (a keras.Model passed as stem_model is never changed: see batchnorm.convert_batchnorm).
-    weights: passed to the backbone builder ("imagenet" where keras.applications offers it).
+    weights: passed to the backbone builder ("imagenet" where keras.applications offers it); or insightface's
+        trained weights: an arcface_torch state dict (`.pth`) or an insightface ONNX recognition model (`.onnx`) of
+        the same network (r18 ... r200 with output_layer="E", use_bias=True; mbf with output_layer="GDC"), loaded
+        with the source's BatchNorm epsilon and input normalization (see `convert_insightface`).
     kwargs: passed to the backbone builder.
 
     Usage:
         basic_model = buildin_models("r34", dropout=0.4, emb_shape=512, output_layer="E", bn_momentum=0.9, bn_epsilon=2e-5)
+        basic_model = buildin_models("r100", dropout=0, emb_shape=512, output_layer="E", use_bias=True, weights="backbone.pth")
     """
+    from . import convert_insightface
+
+    insightface_weights = None
+    if convert_insightface.is_insightface_weights(weights):
+        insightface_weights, weights = weights, None
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
         backbone = batchnorm.convert_batchnorm(backbone, fused=fused_batchnorm)
@@ -123,7 +132,11 @@ def buildin_models(
         backbone, emb_shape, output_layer, dropout, bn_momentum, bn_epsilon, add_pointwise_conv, use_bias, scale,
         fused_batchnorm=fused_batchnorm,
     )
-    return replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
+    basic_model = replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
+    if insightface_weights is not None:
+        stem_name = stem_model if isinstance(stem_model, str) else None
+        basic_model = convert_insightface.load_insightface_weights(basic_model, insightface_weights, stem_name)
+    return basic_model
 
 
 def print_buildin_models():

@@ -120,3 +120,37 @@ def set_batchnorm(model, bn_momentum, bn_epsilon):
     for layer in iter_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum, layer.epsilon = bn_momentum, bn_epsilon
+
+
+def add_input_normalization(model, mean, std):
+    """`model` with a `face_io.InputNormalization(mean, std)` layer right after its input, weights kept.
+
+    The layer is an identity that records the `(x - mean) / std` the model expects, so evals, IJB_evals,
+    the distiller and export feed it that normalization without flags. A model that has one gets its
+    values updated in place.
+    Usage: basic_model = add_input_normalization(basic_model, *face_io.INSIGHTFACE_NORM)
+    """
+    from .face_io import InputNormalization
+
+    for layer in iter_layers(model):
+        if isinstance(layer, InputNormalization):
+            layer.mean, layer.std = float(mean), float(std)
+            return model
+    if len(model.inputs) != 1:
+        raise ValueError(f"add_input_normalization: {model.name!r} has {len(model.inputs)} inputs, expected one")
+    normalized = {}
+
+    def call_function(layer, *args, **kwargs):
+        def swap(value):
+            history = getattr(value, "_keras_history", None)
+            if history is not None and isinstance(history.operation, keras.layers.InputLayer):
+                if id(value) not in normalized:
+                    normalized[id(value)] = InputNormalization(mean, std)(value)
+                return normalized[id(value)]
+            return value
+
+        args, kwargs = keras.tree.map_structure(swap, (args, kwargs))
+        return layer(*args, **kwargs)
+
+    new_model = keras.models.clone_model(model, call_function=call_function)
+    return _copy_weights_by_name(model, new_model)

@@ -27,6 +27,7 @@ from . import checkpoints
 from . import data
 from . import demo
 from . import evals
+from . import face_io
 from . import io_utils
 from . import losses
 from . import models
@@ -302,6 +303,7 @@ class Train:
             random_crop=self.random_crop,
             image_per_class=image_per_class,
             seed=self.seed,
+            norm=face_io.model_normalization(self.basic_model),
         )
         label_spec = self.train_ds.element_spec[1]
         self.has_embeddings = isinstance(label_spec, tuple)
