@@ -72,6 +72,9 @@ class NormDense(keras.layers.Layer):
         return config
 
 
+IRESNET_DEPTHS = ("r18", "r34", "r50", "r100", "r101", "r200")
+
+
 def buildin_models(
     stem_model,
     dropout=1,
@@ -118,6 +121,8 @@ def buildin_models(
     insightface_weights = None
     if convert_insightface.is_insightface_weights(weights):
         insightface_weights, weights = weights, None
+        if isinstance(stem_model, str) and stem_model.lower() in IRESNET_DEPTHS:  # insightface's IResNets are PReLU ones
+            kwargs.setdefault("activation", "prelu")
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
         backbone = batchnorm.convert_batchnorm(backbone, fused=fused_batchnorm)
