@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_insightface import myCallbacks
+from keras_insightface import checkpoints, myCallbacks
 from keras_insightface import optimizers
 from keras_insightface.myCallbacks import (
     CenterlossCallback,
@@ -316,7 +316,7 @@ def test_checkpoint_saved_each_epoch_and_kept_on_nan(tmp_path, capsys, name, wei
     assert "not saved" in out
     assert len(recorder.rows) == 1  # stopped after the first NaN batch
     assert file_digest(path) == digest
-    optimizer_state = [] if weights_only else [os.path.basename(myCallbacks.optimizer_state_path(path))]
+    optimizer_state = [] if weights_only else [os.path.basename(checkpoints.optimizer_state_path(path))]
     assert sorted(os.listdir(tmp_path)) == sorted([name] + optimizer_state)
 
 
@@ -325,14 +325,14 @@ def test_optimizer_state_round_trip(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
     model.fit(*tiny_data(), batch_size=8, epochs=2, verbose=0)
     path = str(tmp_path / "model_optimizer.npz")
-    myCallbacks.save_optimizer_state(model.optimizer, path)
-    restored = myCallbacks.restore_optimizer_state(path, model.trainable_variables)
+    checkpoints.save_optimizer_state(model.optimizer, path)
+    restored = checkpoints.restore_optimizer_state(path, model.trainable_variables)
     assert type(restored) is keras.optimizers.SGD and restored.momentum == pytest.approx(0.9)
     assert int(restored.iterations.numpy()) == int(model.optimizer.iterations.numpy()) > 0
     for got, want in zip(restored.variables, model.optimizer.variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
-    with pytest.raises(ValueError, match="does not match"):
-        myCallbacks.restore_optimizer_state(path, model.trainable_variables[:1])
+    with pytest.raises(checkpoints.CheckpointError, match="does not match"):
+        checkpoints.restore_optimizer_state(path, model.trainable_variables[:1])
 
 
 def test_checkpoint_skips_non_finite_epoch_loss_and_checks_extension(tmp_path, capsys):
