@@ -149,6 +149,15 @@ def test_an_onnx_graph_that_normalizes_itself(r18, tmp_path):
     assert np.abs(keras_embeddings(model, r18.images) - reference).max() < TOLERANCE
     max_diff, _ = convert_insightface.compare_with_onnx(model, path, num_images=2)
     assert max_diff < TOLERANCE
+    # IJB_evals / data_distiller on the ONNX file itself decide as insightface's ArcFaceONNX: raw pixels
+    interf = model_interf.load_model_interf(path)
+    assert (interf.input_layout, interf.mean, interf.std) == ("NCHW", 0.0, 1.0)
+    assert np.abs(interf(r18.images) - reference).max() < TOLERANCE
+
+
+def test_a_state_dict_given_as_a_teacher_says_how_to_convert_it(r18):
+    with pytest.raises(ValueError, match="keras-insightface-convert-insightface -i"):
+        model_interf.load_model_interf(r18.pth)
 
 
 def test_a_state_dict_in_a_training_checkpoint_with_module_prefixes(r18, tmp_path):
@@ -363,3 +372,5 @@ def test_export_nchw_round_trip_is_what_insightface_accepts(tmp_path):
     difference = np.abs(arcface_onnx_embeddings(path, images) - reference).max()
     print(">>>> IResNet .pth -> Keras -> ONNX NCHW, run as ArcFaceONNX: max abs difference {:.3g}".format(difference))
     assert difference < TOLERANCE
+    interf = model_interf.load_model_interf(path)  # and our own tools feed it the same way
+    assert (interf.input_layout, interf.mean, interf.std) == ("NCHW", 127.5, 127.5)
