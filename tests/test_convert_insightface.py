@@ -124,7 +124,8 @@ def test_mbf_state_dict_and_onnx_embed_like_arcface_torch(mbf):
         model = models.buildin_models("mbf", weights=path, **GDC_HEAD)
         assert_same_embeddings(model, mbf, "mbf " + os.path.splitext(path)[1])
     assert trainable_count(model) == sum(parameter.numel() for parameter in mbf.net.parameters())
-    assert model.get_layer("stem_grouped_conv").groups == 64  # arcface_torch's grouped (not depthwise) stem conv
+    grouped = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) == 64]
+    assert len(grouped) == 1 and grouped[0].kernel.shape == (3, 3, 2, 128)  # arcface_torch's grouped (not depthwise) stem conv
 
 
 def test_mbf_large(tmp_path):
