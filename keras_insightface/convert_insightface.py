@@ -244,9 +244,11 @@ def _attributes(node):
 
 
 def read_onnx(path):
-    """(units in canonical order, description, input (mean, std)) of an insightface ONNX recognition model.
+    """(units in canonical order, description, input normalization, input dims) of an insightface ONNX recognition model.
 
-    Usage: units, description, norm = read_onnx("w600k_r50.onnx")
+    The normalization is the (mean, std) that the graph's leading constant Sub / Mul / Div / Add nodes apply to
+    raw pixels, None when it has none (then the caller feeds `(x - 127.5) / 127.5`, as insightface does).
+    Usage: units, description, norm, dims = read_onnx("w600k_r50.onnx")
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -5,7 +5,7 @@ One place knows how to run every supported model kind, chosen by the file type:
 | model file                  | backend            | layout | default normalization          |
 | --------------------------- | ------------------ | ------ | ------------------------------ |
 | `*.h5`, `*.keras`           | Keras 3            | NHWC   | the model's (face_io.model_normalization), (x - 127.5) / 128 by default |
-| `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export; raw pixels when its first nodes are Sub / Mul, as insightface's ArcFaceONNX decides), NHWC -> (x - 127.5) / 128 (Keras export) |
+| `*.onnx`                    | onnxruntime        | from the input shape: NCHW -> (x - 127.5) / 127.5 (insightface export; raw pixels when its first nodes are Sub and Mul, as insightface's ArcFaceONNX decides), NHWC -> (x - 127.5) / 128 (Keras export) |
 | `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5 (a state dict: convert it with convert_insightface) |
 | `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
 
@@ -134,14 +134,20 @@ def _load_onnx(model_file):
 
 
 def _normalizes_itself(model_file):
-    """insightface's ArcFaceONNX rule: a Sub... / _minus... and a Mul... / _mul... node among the first eight
-    (an MXNet-converted graph normalizing raw pixels itself). False when the onnx package is missing."""
+    """True when the graph normalizes raw pixels itself: a Sub and a Mul among its first eight nodes.
+
+    insightface's ArcFaceONNX looks at node names (`Sub...` / `_minus...` and `Mul...` / `_mul...`, as MXNet
+    conversions name them); recent torch exports name them `/Sub`, `/Mul`, so the op types count too.
+    False when the onnx package is missing.
+    """
     try:
         import onnx
     except ImportError:
         return False
-    names = [node.name for node in onnx.load(model_file, load_external_data=False).graph.node[:8]]
-    return any(name.startswith(("Sub", "_minus")) for name in names) and any(name.startswith(("Mul", "_mul")) for name in names)
+    nodes = onnx.load(model_file, load_external_data=False).graph.node[:8]
+    find_sub = any(node.op_type == "Sub" or node.name.startswith(("Sub", "_minus")) for node in nodes)
+    find_mul = any(node.op_type == "Mul" or node.name.startswith(("Mul", "_mul")) for node in nodes)
+    return find_sub and find_mul
 
 
 def _load_torchscript(model_file):

@@ -5,9 +5,6 @@ with random weights and BatchNorm statistics, saved as `.pth` and exported with 
 zoo's files. r100 / r200 / mbf_large run only with KERAS_INSIGHTFACE_FULL_TESTS=1 (skipped otherwise, with the reason).
 """
 import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -113,7 +110,7 @@ def test_r18_onnx_embeds_like_arcface_torch(r18):
 def test_every_depth_converts(tmp_path, name, via):
     if name in ("r100", "r200") and not FULL_TESTS:
         pytest.skip("large IResNet: set KERAS_INSIGHTFACE_FULL_TESTS=1 to convert it")
-    net = nets.randomize(nets.IResNet(DEPTHS[name]), seed=len(name))
+    net = nets.randomize(nets.IResNet(DEPTHS[name]), seed=len(name), passes=1)
     images = faces(2)
     source = type("S", (), {"images": images, "reference": torch_embeddings(net, images)})
     if via == "pth":
@@ -131,7 +128,8 @@ def test_mbf_state_dict_and_onnx_embed_like_arcface_torch(mbf):
         model = models.buildin_models("mbf", weights=path, **GDC_HEAD)
         assert_same_embeddings(model, mbf, "mbf " + os.path.splitext(path)[1])
     assert trainable_count(model) == sum(parameter.numel() for parameter in mbf.net.parameters())
-    assert model.get_layer("stem_grouped_conv").groups == 64  # arcface_torch's grouped (not depthwise) stem conv
+    grouped = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) == 64]
+    assert len(grouped) == 1 and grouped[0].kernel.shape == (3, 3, 2, 128)  # arcface_torch's grouped (not depthwise) stem conv
 
 
 def test_mbf_large(tmp_path):
@@ -156,6 +154,15 @@ def test_an_onnx_graph_that_normalizes_itself(r18, tmp_path):
     assert np.abs(keras_embeddings(model, r18.images) - reference).max() < TOLERANCE
     max_diff, _ = convert_insightface.compare_with_onnx(model, path, num_images=2)
     assert max_diff < TOLERANCE
+    # IJB_evals / data_distiller on the ONNX file itself decide as insightface's ArcFaceONNX: raw pixels
+    interf = model_interf.load_model_interf(path)
+    assert (interf.input_layout, interf.mean, interf.std) == ("NCHW", 0.0, 1.0)
+    assert np.abs(interf(r18.images) - reference).max() < TOLERANCE
+
+
+def test_a_state_dict_given_as_a_teacher_says_how_to_convert_it(r18):
+    with pytest.raises(ValueError, match="keras-insightface-convert-insightface -i"):
+        model_interf.load_model_interf(r18.pth)
 
 
 def test_a_state_dict_in_a_training_checkpoint_with_module_prefixes(r18, tmp_path):
@@ -233,11 +240,15 @@ def test_cli_writes_a_basic_model_with_the_same_embeddings(r18, tmp_path, capsys
     assert "convert_insightface.py: error: " in capsys.readouterr().err
 
 
-def test_cli_shim_and_console_script_name():
-    result = subprocess.run([sys.executable, os.path.join(REPO, "convert_insightface.py"), "--help"], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0 and "--input" in result.stdout
+def test_cli_shim_and_console_script_name(capsys):
+    with open(os.path.join(REPO, "convert_insightface.py")) as ff:
+        assert 'alias(__name__, "convert_insightface")' in ff.read()  # `python convert_insightface.py` from a checkout
+    assert os.access(os.path.join(REPO, "convert_insightface.py"), os.X_OK)
     with open(os.path.join(REPO, "pyproject.toml")) as ff:
         assert 'keras-insightface-convert-insightface = "keras_insightface.convert_insightface:main"' in ff.read()
+    with pytest.raises(SystemExit) as info:
+        convert_insightface.main(["--help"])
+    assert info.value.code == 0 and "--input" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the tools use the stored normalization
@@ -366,3 +377,5 @@ def test_export_nchw_round_trip_is_what_insightface_accepts(tmp_path):
     difference = np.abs(arcface_onnx_embeddings(path, images) - reference).max()
     print(">>>> IResNet .pth -> Keras -> ONNX NCHW, run as ArcFaceONNX: max abs difference {:.3g}".format(difference))
     assert difference < TOLERANCE
+    interf = model_interf.load_model_interf(path)  # and our own tools feed it the same way
+    assert (interf.input_layout, interf.mean, interf.std) == ("NCHW", 127.5, 127.5)
