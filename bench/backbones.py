@@ -25,7 +25,7 @@ from keras_insightface import models  # noqa: E402
 from bench_common import machine  # noqa: E402
 
 DEFAULT_NAMES = [
-    "iresnet18", "iresnet34", "iresnet50", "iresnet100", "mbf", "mobilenet", "ghostnet_paper", "mobilenetv3_small", "efficientnetb0"
+    "iresnet18", "iresnet34", "iresnet50", "iresnet100", "fmobilefacenet", "mobilenet", "ghostnet_paper", "mobilenetv3_small", "efficientnetb0"
 ]  # the networks of the README table
 INPUT_SHAPE = (112, 112, 3)
 

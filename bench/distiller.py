@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Teacher-embedding extraction speed: a Keras teacher against the same teacher exported to ONNX.
 
-Builds a basic model (mbf, insightface's MobileFaceNet, by default, "GDC" head, emb_shape 512, random weights), saves it as `.h5`,
+Builds a basic model (fmobilefacenet, insightface's MobileFaceNet, by default, "GDC" head, emb_shape 512, random weights), saves it as `.h5`,
 exports it with `export.convert_onnx` (tf2onnx, NHWC input, parity-checked), then for both files measures, in one
 run on this machine (the ONNX file twice: onnxruntime's default threads, as load_model_interf opens it, and one
 intra-op thread):
@@ -10,7 +10,7 @@ intra-op thread):
     (file reading, JPEG decoding, the model and L2 normalization: the distiller's whole extraction loop).
 Also prints the min cosine similarity between the two teachers' embeddings. Logs go to stderr; stdout holds one
 JSON object per line.
-Usage: python bench/distiller.py [--model mbf] [--batch_size 64] [--images 512] [--min_seconds 5]
+Usage: python bench/distiller.py [--model fmobilefacenet] [--batch_size 64] [--images 512] [--min_seconds 5]
 """
 import argparse
 import contextlib
@@ -77,7 +77,7 @@ def min_cosine(embeddings_a, embeddings_b):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="mbf", help="buildin_models name of the teacher")
+    parser.add_argument("--model", default="fmobilefacenet", help="buildin_models name of the teacher")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--images", type=int, default=512, help="images per timed pass")
     parser.add_argument("--min_seconds", type=float, default=5.0, help="least timed seconds per measurement")

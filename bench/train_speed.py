@@ -11,7 +11,7 @@ during the run biases the ratio less. The first epoch (tracing, file cache) is n
 epochs after it, from the end of epoch 1 to the end of the last epoch, so `Train`'s epoch-end saving is included. `Train`'s rate with its
 epoch-end callbacks left out and the seconds those callbacks take per epoch are printed too, since real epochs
 are far longer than the few steps timed here. Training logs go to stderr; stdout holds one JSON object per line.
-Usage: python bench/train_speed.py [--models mbf iresnet50] [--steps 30] [--timed_epochs 2] [--batch_size 32]
+Usage: python bench/train_speed.py [--models fmobilefacenet iresnet50] [--steps 30] [--timed_epochs 2] [--batch_size 32]
 """
 import argparse
 import contextlib
@@ -33,7 +33,7 @@ from keras_insightface import models  # noqa: E402
 from keras_insightface import train  # noqa: E402
 from bench_common import load_average, machine, write_images  # noqa: E402
 
-DEFAULT_MODELS = ["mbf", "iresnet50"]  # the networks measured in docs/benchmarks.md (then named mobilefacenet, r50)
+DEFAULT_MODELS = ["fmobilefacenet", "iresnet50"]  # the networks measured in docs/benchmarks.md (then named mobilefacenet, r50)
 OUTPUT_LAYERS = {"r50": "E", "r100": "E", "iresnet50": "E", "iresnet100": "E"}  # insightface's "E" head on the MXNet ResNets, "GDC" elsewhere
 NUM_CLASSES = 100
 INPUT_SHAPE = (112, 112, 3)

@@ -5,7 +5,7 @@ recognition models (e.g. `w600k_r50.onnx`) become Keras basic models that embed 
 Sources and the networks they convert into (`models.buildin_models` names):
 | source                                   | network                         | Keras basic model                                   |
 | ---------------------------------------- | ------------------------------- | --------------------------------------------------- |
-| arcface_torch r18/r34/r50/r100/r200 .pth | IResNet (iresnet.py)            | `r18` ... `r200`, output_layer="E", use_bias=True   |
+| arcface_torch r18/r34/r50/r100/r200 .pth | IResNet (iresnet.py)            | `r18` ... `r200` (built with PReLU, = `iresnet18` ...), output_layer="E", use_bias=True |
 | arcface_torch mbf / mbf_large .pth       | MobileFaceNet (mobilefacenet.py)| `mbf` / `mbf_large`, output_layer="GDC", use_bias=False |
 | insightface ONNX of either (model zoo)   | the same, read from the graph   | the same                                            |
 
@@ -716,7 +716,11 @@ def load_insightface_weights(model, path, stem_name=None):
             raise WeightsMismatchError("{}: the graph's input is {}x{}, the Keras model's {}x{} (build with input_shape=({}, {}, 3))".format(
                 path, input_dims[2], input_dims[3], height, width, input_dims[2], input_dims[3]))
     model = surgery.add_input_normalization(model, *norm)
-    assign_units(source_units, keras_units(model), path)
+    try:
+        units = keras_units(model)
+    except WeightsMismatchError as error:
+        raise WeightsMismatchError("{}: {}".format(path, error)) from None
+    assign_units(source_units, units, path)
     return model
 
 
@@ -742,6 +746,7 @@ def build_from_insightface(path, name=None, emb_shape=None, input_shape=(112, 11
         if name is None:
             raise WeightsMismatchError("{}: an IResNet with blocks per stage {}, which is none of {}".format(
                 path, description["depths"], ", ".join(sorted(models.list_models()))))
+        kwargs.setdefault("activation", "prelu")  # the seed's r-names default to ReLU; arcface_torch's IResNets are PReLU
         basic_model = models.buildin_models(name, output_layer="E", use_bias=True, **common, **kwargs)
     else:
         backbone = mbf.MBF(input_shape=input_shape, scale=description["scale"], blocks=description["blocks"], name=name or description["arch"] or "mbf_custom",

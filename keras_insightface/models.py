@@ -121,7 +121,7 @@ def buildin_models(
     insightface_weights = None
     if convert_insightface.is_insightface_weights(weights):
         insightface_weights, weights = weights, None
-        if isinstance(stem_model, str) and stem_model.lower() in IRESNET_DEPTHS:  # insightface's IResNets are PReLU ones
+        if isinstance(stem_model, str) and stem_model.lower() in IRESNET_DEPTHS:  # arcface_torch's IResNets are PReLU ones
             kwargs.setdefault("activation", "prelu")
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)

@@ -317,8 +317,8 @@ def test_original_resnet_layout_relu_se_and_max_pool_shortcut():
 
 # insightface's own variants and the paper's GhostNet, kept under names that say so: (count_params, output shape) at 112x112.
 OTHER_VARIANTS = {
-    "mbf": (929_536, (7, 7, 512)),  # insightface fmobilefacenet, the previous "mobilefacenet" of this project
-    "se_mbf": (1_024_096, (7, 7, 512)),  # with SE reduction 4
+    "fmobilefacenet": (929_536, (7, 7, 512)),  # insightface fmobilefacenet, the previous "mobilefacenet" of this project
+    "se_fmobilefacenet": (1_024_096, (7, 7, 512)),  # with SE reduction 4
     "ghostnet_paper": (2_693_396, (4, 4, 960)),  # GhostNet 1.0x of the paper; trainable part checked by hand above
 }
 

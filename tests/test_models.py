@@ -121,7 +121,7 @@ def test_print_buildin_models(capsys):
     assert "efficientnetb7" in lines[3] and "efficientnetv2l" in lines[3]
     assert "iresnet18, iresnet34, iresnet50, iresnet100" in lines[1]  # arcface_torch's PReLU iresnets
     names = lines[4].split(": ")[1].rstrip(",").split(", ")
-    for name in ("resnest50", "ghostnet", "ghostnet_paper", "mobilefacenet", "se_mobilefacenet", "mbf", "se_mbf", "vargface"):
+    for name in ("resnest50", "ghostnet", "ghostnet_paper", "mobilefacenet", "se_mobilefacenet", "fmobilefacenet", "se_fmobilefacenet", "mbf", "vargface"):
         assert name in names
     assert lines[5].startswith("Or other names from keras.applications")
 
@@ -158,7 +158,7 @@ def test_full_size_forward_r18_and_mobilefacenet():
     mobilefacenet = models.buildin_models("mobilefacenet", emb_shape=256, dropout=0)
     assert mobilefacenet.get_layer("GDC_dw").input.shape == (None, 7, 7, 128)  # the original's MobileFaceNet
     assert mobilefacenet(images, training=False).shape == (2, 256)
-    mbf = models.buildin_models("mbf", emb_shape=256, dropout=0)
+    mbf = models.buildin_models("fmobilefacenet", emb_shape=256, dropout=0)
     assert mbf.get_layer("GDC_dw").input.shape == (None, 7, 7, 512)  # insightface's
 
 

@@ -10,4 +10,4 @@ Usage:
 from keras_insightface.backbones import registry  # noqa: F401
 from keras_insightface.backbones import resnet, keras_applications, efficientnet  # noqa: F401  (registration order = print order)
 from keras_insightface.backbones import se_resnext, resnest, ghostnet, mobile_facenet, mobilenet_v3, vargface  # noqa: F401
-from keras_insightface.backbones import mbf  # noqa: F401  (after mobile_facenet: registers "mbf" only where no file did)
+from keras_insightface.backbones import mbf  # noqa: F401

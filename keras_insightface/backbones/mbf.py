@@ -94,5 +94,4 @@ def MBF(
 
 
 for _name, _variant in VARIANTS.items():
-    if not any(_name in group for group in registry.BUILDIN_MODEL_GROUPS.values()):  # another file may own the name
-        registry.register(_name, "Custom", MBF, name=_name, **_variant)
+    registry.register(_name, "Custom", MBF, name=_name, **_variant)

@@ -6,7 +6,7 @@ bottlenecks, (blocks, channels, stride, expansion) = (5, 64, 2, 2), (1, 128, 2, 
 (1, 128, 2, 4), (2, 128, 1, 2); the first block of each stack has no residual; output 7x7x128. SE:
 reduction 16, PReLU.
 
-`MobileFaceNetInsightface` ("mbf", "se_mbf") is insightface's fmobilefacenet: Conv3x3(64, /2) ->
+`MobileFaceNetInsightface` ("fmobilefacenet", "se_fmobilefacenet") is insightface's fmobilefacenet: Conv3x3(64, /2) ->
 depthwise 3x3 (64) -> bottleneck (/2, 64) -> 4 residual bottlenecks (64) -> bottleneck (/2, 128)
 -> 6 residual bottlenecks (128) -> bottleneck (/2, 128) -> 2 residual bottlenecks (128) ->
 Conv1x1(512); output 7x7x512. SE: reduction 4.
@@ -113,7 +113,7 @@ def MobileFaceNetInsightface(
     use_se=False,
     bn_momentum=BN_MOMENTUM,
     bn_epsilon=BN_EPSILON,
-    name="mbf",
+    name="fmobilefacenet",
     **kwargs,
 ):
     """Headless insightface fmobilefacenet; output is the Conv1x1(512) feature map, 7x7x512 for 112x112.
@@ -164,5 +164,5 @@ def mobile_facenet(
 
 registry.register("mobilefacenet", "Custom", MobileFaceNet, name="mobilefacenet")
 registry.register("se_mobilefacenet", "Custom", MobileFaceNet, use_se=True, name="se_mobilefacenet")
-registry.register("mbf", "Custom", MobileFaceNetInsightface, name="mbf")
-registry.register("se_mbf", "Custom", MobileFaceNetInsightface, use_se=True, name="se_mbf")
+registry.register("fmobilefacenet", "Custom", MobileFaceNetInsightface, name="fmobilefacenet")
+registry.register("se_fmobilefacenet", "Custom", MobileFaceNetInsightface, use_se=True, name="se_fmobilefacenet")
