@@ -1,5 +1,4 @@
 """Every tool reports a user error as one line `prog: error: <what, which file>` with exit status 2, never a traceback."""
-import os
 import pickle
 import sys
 
