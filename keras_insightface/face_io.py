@@ -153,7 +153,8 @@ def check_pairs(content, path):
     return bins, issame.astype(bool)
 
 
-MIN_ENCODED_IMAGE_BYTES = 32  # less than any real JPEG / PNG (a PNG with one pixel holds 67 bytes)
+MIN_ENCODED_IMAGE_BYTES = 64  # less than any real JPEG / PNG (a PNG of one pixel holds 67 bytes)
+REFERENCED_BYTES_SLACK = 4  # images may share objects (a pair of one image), but not reference far more than the file
 
 
 def _image_size(image):
@@ -163,13 +164,11 @@ def _image_size(image):
 def check_bin_sizes(bins, path):
     """Refuse a `.bin` whose images cannot be what its file holds, before anything is decoded or allocated.
 
-    Each image must be its own object of at least MIN_ENCODED_IMAGE_BYTES, and all of them together no more bytes
-    than the file: a pickle that references one object millions of times would otherwise ask for terabytes.
+    Every image needs MIN_ENCODED_IMAGE_BYTES of the file, and all of them together may reference at most
+    REFERENCED_BYTES_SLACK times the file's bytes: a pickle that references one object millions of times would
+    otherwise ask for terabytes of decoded images.
     Usage: check_bin_sizes(bins, "lfw.bin")
     """
-    distinct = len({id(image) for image in bins})
-    if distinct < len(bins):
-        raise ValueError("{}: its {} images are only {} distinct objects; a .bin stores every image once".format(path, len(bins), distinct))
     sizes = [_image_size(image) for image in bins]
     for index, size in enumerate(sizes):
         if size is None:
@@ -177,8 +176,12 @@ def check_bin_sizes(bins, path):
         if size < MIN_ENCODED_IMAGE_BYTES:
             raise ValueError("{}: image {} holds only {} bytes, too few for an encoded image".format(path, index, size))
     file_size = os.path.getsize(path)
-    if sum(sizes) > file_size:
-        raise ValueError("{}: its images total {} bytes, more than the {}-byte file holds".format(path, sum(sizes), file_size))
+    if len(bins) * MIN_ENCODED_IMAGE_BYTES > file_size:
+        raise ValueError("{}: lists {} images, but a {}-byte file holds at most {} encoded images; the pickle references shared objects".format(
+            path, len(bins), file_size, file_size // MIN_ENCODED_IMAGE_BYTES))
+    if sum(sizes) > REFERENCED_BYTES_SLACK * file_size:
+        raise ValueError("{}: its images reference {} bytes, more than {} times the {}-byte file; the pickle references shared objects".format(
+            path, sum(sizes), REFERENCED_BYTES_SLACK, file_size))
 
 
 def read_bin_pairs(path):

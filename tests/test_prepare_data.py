@@ -437,7 +437,7 @@ def test_convert_reencodes_non_jpeg_images(tmp_path):
 def test_convert_refuses_undecodable_image(tmp_path):
     bin_path = tmp_path / "bad.bin"
     with open(bin_path, "wb") as ff:
-        pickle.dump(([b"\xff\xd8\xff\xe0", b"not an image"], [False]), ff, protocol=4)
+        pickle.dump(([b"\xff\xd8\xff\xe0" + b"\0" * 80, b"not an image" * 8], [False]), ff, protocol=4)
     original = bin_path.read_bytes()
     with pytest.raises(ValueError, match="bad.bin, image 1"):
         prepare_data.convert_bin(bin_path)
