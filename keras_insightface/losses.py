@@ -112,7 +112,7 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
         logits = ops.scatter_update(y_pred, _target_indices(y_true), target_logit - target_cos, reduction="add")
         loss = keras.losses.categorical_crossentropy(
-            y_true, logits * self.scale, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+            y_true, logits * self._scale(y_true, y_pred), from_logits=self.from_logits, label_smoothing=self.label_smoothing
         )
         if self.uses_feature_norm:
             loss = loss + self._regularizer(feature_norm)
@@ -127,6 +127,10 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
 
     def _regularizer(self, feature_norm):
         return 0.0
+
+    def _scale(self, y_true, y_pred):
+        """The factor on every logit; subclasses may adapt it per batch."""
+        return self.scale
 
     def get_config(self):
         config = super().get_config()
@@ -392,6 +396,69 @@ class AdaFaceLoss(_MarginSoftmaxLoss):
         return config
 
 
+def _theta(cos):
+    """Angle `arccos(cos)` with a finite gradient at cos == +/-1.  Usage: theta = _theta(target_cos)"""
+    return ops.arctan2(ops.sqrt(ops.maximum(1.0 - ops.square(cos), _TINY)), cos)
+
+
+@_register
+class AirFaceLoss(_MarginSoftmaxLoss):
+    """AirFace / Li-ArcFace as the original Keras_insightface (Li et al., "AirFace", arXiv 1907.12256).
+
+    Target logit linear in the angle: `1 - 2 * (theta + margin) / pi`; the other logits stay `cos(theta)`
+    (the paper also maps them to `1 - 2 * theta / pi`; the original does not). All times `scale`.
+    Usage: loss = AirFaceLoss(margin=0.4, scale=64.0)
+    """
+
+    def __init__(self, margin=0.4, scale=64.0, from_logits=True, label_smoothing=0, **kwargs):
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.margin = float(margin)
+
+    def _target_logit(self, target_cos, feature_norm):
+        return 1.0 - 2.0 * (_theta(target_cos) + self.margin) / math.pi
+
+    def get_config(self):
+        config = super().get_config()
+        config["margin"] = self.margin
+        return config
+
+
+@_register
+class AdaCosLoss(_MarginSoftmaxLoss):
+    """AdaCos, adaptive scale and no margin (Zhang et al., "AdaCos", CVPR 2019), as the original Keras_insightface.
+
+    The scale starts at `sqrt(2) * log(num_classes - 1)` (when `scale=0`) and is updated on every call before use:
+    `s = log(B) / cos(min(max_median, theta_med))`, with `B` the batch mean of `sum over non-target classes of
+    exp(s_old * cos)` and `theta_med` the `(batch // 2 - 1)`-th smallest target angle (index 0 for a batch of
+    one or two). The scale carries no gradient; `get_config` saves its current value.
+    Usage: loss = AdaCosLoss(num_classes=85742)
+    """
+
+    def __init__(self, num_classes=1000, scale=0, max_median=math.pi / 4, from_logits=True, label_smoothing=0, **kwargs):
+        scale = float(scale) or math.sqrt(2.0) * math.log(float(num_classes) - 1)
+        super().__init__(scale=scale, from_logits=from_logits, label_smoothing=label_smoothing, **kwargs)
+        self.num_classes, self.max_median = int(num_classes), float(max_median)
+        self.adaptive_scale = keras.Variable(self.scale, trainable=False, dtype="float32", name="adacos_scale", aggregation="mean")
+
+    def _target_logit(self, target_cos, feature_norm):
+        return target_cos
+
+    def _scale(self, y_true, y_pred):
+        cos = ops.stop_gradient(ops.cast(y_pred, "float32"))
+        y_true = ops.cast(y_true, "float32")
+        theta = ops.sort(_theta(ops.sum(y_true * cos, axis=-1)))
+        theta_med = ops.take(theta, ops.maximum(ops.shape(theta)[0] // 2 - 1, 0))
+        others = ops.sum((1.0 - y_true) * ops.exp(self.adaptive_scale * cos), axis=-1)
+        scale = ops.log(ops.mean(others)) / ops.cos(ops.minimum(self.max_median, theta_med))
+        self.adaptive_scale.assign(scale)
+        return ops.cast(scale, y_pred.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "scale": float(self.adaptive_scale.numpy()), "max_median": self.max_median})
+        return config
+
+
 @_register
 def scale_softmax(y_true, y_pred, scale=64.0):
     """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin.
@@ -401,7 +468,85 @@ def scale_softmax(y_true, y_pred, scale=64.0):
     return keras.losses.categorical_crossentropy(y_true, y_pred * scale, from_logits=True)
 
 
-MARGIN_LOSSES = (ArcfaceLoss, ArcfaceLossSimple, CosFaceLoss, CurricularFaceLoss, MagFaceLoss, AdaFaceLoss)
+@_register
+class MarginSoftmax(keras.losses.Loss):
+    """The original Keras_insightface MarginSoftmax, on softmax probabilities (a "softmax" plan).
+
+    The target probability `p` becomes `p**power` (`scale == 0`), `p * scale` (`power == 1`) or
+    `(p**power + p * scale) / 2` (otherwise); every value is then multiplied by `scale_all` and Keras'
+    categorical cross-entropy applies (with `from_logits=False` it renormalizes each row to sum 1 and clips
+    to `[1e-7, 1 - 1e-7]`).
+    Usage: model.compile(loss=MarginSoftmax(power=2, scale=0.4), ...)   # model ends in a softmax Dense
+    """
+
+    def __init__(self, power=2, scale=0.4, scale_all=1.0, from_logits=False, label_smoothing=0, **kwargs):
+        super().__init__(**kwargs)
+        self.power, self.scale, self.scale_all = float(power), float(scale), float(scale_all)
+        self.from_logits, self.label_smoothing = bool(from_logits), float(label_smoothing)
+
+    def _margined(self, prob):
+        if self.power != 1 and self.scale == 0:
+            return ops.power(prob, self.power)
+        if self.power == 1 and self.scale != 0:
+            return prob * self.scale
+        return (ops.power(prob, self.power) + prob * self.scale) / 2
+
+    def call(self, y_true, y_pred):
+        margined = ops.where(ops.cast(y_true, "bool"), self._margined(y_pred), y_pred) * self.scale_all
+        return keras.losses.categorical_crossentropy(
+            y_true, margined, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "power": self.power,
+                "scale": self.scale,
+                "scale_all": self.scale_all,
+                "from_logits": self.from_logits,
+                "label_smoothing": self.label_smoothing,
+            }
+        )
+        return config
+
+
+@_register
+class DistillKLDivergenceLoss(keras.losses.Loss):
+    """KL divergence of softened teacher and student cosine outputs (Beyer et al., "Knowledge distillation: A good
+    teacher is patient and consistent", CVPR 2022), as the original Keras_insightface.
+
+    `y_true`: the teacher's NormDense output, `y_pred`: the student's; per sample
+    `KL(softmax(scale * y_true) || softmax(scale * y_pred))`, both probabilities clipped to `[1e-7, 1]` as Keras'
+    `kl_divergence` does.
+    Usage: model.compile(loss=DistillKLDivergenceLoss(scale=10), ...)
+    """
+
+    def __init__(self, scale=10, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, y_true, y_pred):
+        teacher = ops.softmax(ops.cast(y_true, y_pred.dtype) * self.scale, axis=-1)
+        return keras.losses.kl_divergence(teacher, ops.softmax(y_pred * self.scale, axis=-1))
+
+    def get_config(self):
+        config = super().get_config()
+        config["scale"] = self.scale
+        return config
+
+
+MARGIN_LOSSES = (
+    ArcfaceLoss,
+    ArcfaceLossSimple,
+    CosFaceLoss,
+    CurricularFaceLoss,
+    MagFaceLoss,
+    AdaFaceLoss,
+    AirFaceLoss,
+    AdaCosLoss,
+    DistillKLDivergenceLoss,
+)
 FEATURE_NORM_LOSSES = (MagFaceLoss, AdaFaceLoss)
 COSINE_LOSS_FUNCTIONS = (scale_softmax,)
 
@@ -475,7 +620,11 @@ class CenterLoss(keras.losses.Loss):
         counts = ops.take(ops.bincount(labels, minlength=self.num_classes), labels)
         delta = self.alpha * ops.stop_gradient(centers_batch - embeddings) / (1.0 + ops.cast(counts, "float32"))[:, None]
         _scatter_sub(self.centers, labels, delta)
-        return 0.5 * self.factor * ops.sum(ops.square(embeddings - centers_batch), axis=-1)
+        return self.factor * self._center_distance(embeddings, centers_batch)
+
+    def _center_distance(self, embeddings, centers_batch):
+        """Per-sample distance to the class center: `sum((x - c)**2) / 2`."""
+        return 0.5 * ops.sum(ops.square(embeddings - centers_batch), axis=-1)
 
     def save_centers(self, path):
         """Write the centers to `path` (`.npy`) atomically.  Usage: center_loss.save_centers("m_centers.npy")"""
@@ -497,6 +646,18 @@ class CenterLoss(keras.losses.Loss):
         return config
 
 
+@_register
+class CenterLossCosine(CenterLoss):
+    """Center loss on cosine distance, as the original Keras_insightface: per sample `factor * (1 - cos(x, c_y))`.
+
+    Embedding and center are L2-normalized (a zero center stays zero, giving 1); the center update is `CenterLoss`'s.
+    Usage: loss = CenterLossCosine(num_classes=85742, emb_shape=256)
+    """
+
+    def _center_distance(self, embeddings, centers_batch):
+        return 1.0 - ops.sum(_l2_normalize(embeddings) * _l2_normalize(centers_batch), axis=-1)
+
+
 def _scatter_sub(variable, indices, updates):
     """`variable[indices] -= updates`, summing repeated indices.
 
@@ -510,8 +671,13 @@ def _scatter_sub(variable, indices, updates):
     return variable.assign_sub(ops.scatter(indices[:, None], updates, variable.shape))
 
 
+def _l2_normalize(embeddings):
+    """Rows divided by their L2 norm, floored at 1e-6 (a zero row stays zero, as `tf.nn.l2_normalize`)."""
+    return embeddings / ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=-1, keepdims=True), _TINY))
+
+
 def _cosine_similarity_matrix(embeddings):
-    norm_emb = embeddings / ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=-1, keepdims=True), _TINY))
+    norm_emb = _l2_normalize(embeddings)
     return ops.matmul(norm_emb, ops.transpose(norm_emb))
 
 
@@ -601,6 +767,109 @@ class BatchAllTripletLossHermans(_TripletLoss):
         triplet = ops.where(valid, triplet, 0.0)
         active = ops.sum(ops.cast(triplet > 0, triplet.dtype))
         return ops.sum(triplet) / ops.maximum(active, 1.0)
+
+
+def _arc_positive(cos, alpha, compare_margined=False):
+    """The original's margined positive similarity: `cos(theta + alpha)`, or `-2 - cos(theta + alpha)` past the
+    threshold `cos(pi - alpha)`, tested on `cos` (or on the margined value when `compare_margined`)."""
+    margined = ops.cos(_theta(cos) + alpha)
+    tested = margined if compare_margined else cos
+    return ops.where(tested > math.cos(math.pi - alpha), margined, -2.0 - margined)
+
+
+@_register
+class ArcBatchHardTripletLoss(_TripletLoss):
+    """Batch-hard triplet loss with an ArcFace margin on the hardest positive, as the original Keras_insightface.
+
+    With `s` the cosine similarity of L2-normalized embeddings, `p = min_{same label, anchor included} s` and
+    `n = max_{other label} s` (-1 when the batch has none): `max(0, n - P)`, `P = cos(arccos(p) + alpha)` when
+    `p > cos(pi - alpha)`, else `-2 - cos(arccos(p) + alpha)`.
+    Usage: loss = ArcBatchHardTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        same, sim = _same_label_matrix(y_true), _cosine_similarity_matrix(y_pred)
+        hardest_pos = ops.min(ops.where(same, sim, 1.0), axis=-1)
+        hardest_neg = ops.max(ops.where(same, -1.0, sim), axis=-1)
+        return ops.maximum(hardest_neg - _arc_positive(hardest_pos, self.alpha), 0.0)
+
+
+@_register
+class BatchHardTripletLossEuclidean(_TripletLoss):
+    """Batch-hard triplet loss on squared Euclidean distance of the raw (not normalized) embeddings, as the original.
+
+    `d(i, j) = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`; per anchor `max(0, max_{same} d + alpha - min_{other} d)`, where an
+    anchor with no other-label sample takes the batch's largest `d` as its negative.
+    Usage: loss = BatchHardTripletLossEuclidean(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        same = _same_label_matrix(y_true)
+        square = ops.sum(ops.square(y_pred), axis=-1)
+        dist = square[:, None] + square[None, :] - 2.0 * ops.matmul(y_pred, ops.transpose(y_pred))
+        hardest_pos = ops.max(ops.where(same, dist, 0.0), axis=-1)
+        hardest_neg = ops.min(ops.where(same, ops.max(dist), dist), axis=-1)
+        return ops.maximum(hardest_pos + self._margin(dist) - hardest_neg, 0.0)
+
+    def _margin(self, dist):
+        return self.alpha
+
+
+@_register
+class BatchHardTripletLossEuclideanAutoAlpha(BatchHardTripletLossEuclidean):
+    """`BatchHardTripletLossEuclidean` whose margin follows the distances, as the original.
+
+    The margin of a batch is the non-trainable `auto_alpha` (starting at `init_auto_alpha`); after use it becomes
+    `alpha * mean(d)` over the batch's whole distance matrix.
+    Usage: loss = BatchHardTripletLossEuclideanAutoAlpha(alpha=0.1, init_auto_alpha=1)
+    """
+
+    def __init__(self, alpha=0.1, init_auto_alpha=1, **kwargs):
+        super().__init__(alpha=alpha, **kwargs)
+        self.init_auto_alpha = float(init_auto_alpha)
+        self.auto_alpha = keras.Variable(self.init_auto_alpha, trainable=False, dtype="float32", name="auto_alpha", aggregation="mean")
+
+    def _margin(self, dist):
+        margin = ops.cast(ops.convert_to_tensor(self.auto_alpha), dist.dtype)
+        self.auto_alpha.assign(ops.cast(ops.stop_gradient(ops.mean(dist)), "float32") * self.alpha)
+        return margin
+
+    def get_config(self):
+        config = super().get_config()
+        config["init_auto_alpha"] = self.init_auto_alpha
+        return config
+
+
+def _triplet_similarities(embeddings):
+    """Cosine similarities anchor-positive and anchor-negative of a batch ordered `[a, p, n, a, p, n, ...]`."""
+    anchor, positive, negative = (_l2_normalize(embeddings[start::3]) for start in range(3))
+    return ops.sum(anchor * positive, axis=-1), ops.sum(anchor * negative, axis=-1)
+
+
+@_register
+class OfflineTripletLoss(_TripletLoss):
+    """Triplet loss on a batch ordered `[anchor, positive, negative, anchor, ...]` (labels unused), as the original.
+
+    Per triplet, on cosine similarity: `max(0, s(a, n) - s(a, p) + alpha)`; one value per triplet (batch / 3).
+    Usage: loss = OfflineTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        pos_sim, neg_sim = _triplet_similarities(y_pred)
+        return ops.maximum(neg_sim - pos_sim + self.alpha, 0.0)
+
+
+@_register
+class OfflineArcTripletLoss(_TripletLoss):
+    """`OfflineTripletLoss` with an ArcFace margin on the positive, as the original: `max(0, s(a, n) - P)`.
+
+    `P = cos(arccos(s(a, p)) + alpha)` when that value is above `cos(pi - alpha)`, else `-2 - cos(arccos(s(a, p)) + alpha)`.
+    Usage: loss = OfflineArcTripletLoss(alpha=0.35)
+    """
+
+    def call(self, y_true, y_pred):
+        pos_sim, neg_sim = _triplet_similarities(y_pred)
+        return ops.maximum(neg_sim - _arc_positive(pos_sim, self.alpha, compare_margined=True), 0.0)
 
 
 @_register

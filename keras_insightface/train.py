@@ -42,6 +42,10 @@ LOSS_TYPES = {
     losses.BatchHardTripletLoss: "triplet",
     losses.BatchAllTripletLoss: "triplet",
     losses.BatchAllTripletLossHermans: "triplet",
+    losses.ArcBatchHardTripletLoss: "triplet",
+    losses.BatchHardTripletLossEuclidean: "triplet",  # and its AutoAlpha subclass
+    losses.OfflineTripletLoss: "triplet",
+    losses.OfflineArcTripletLoss: "triplet",
 }
 EMBEDDING_TYPES = ("center", "triplet")  # the model is the basic model itself: no classification head
 

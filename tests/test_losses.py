@@ -231,6 +231,9 @@ MARGIN_LOSS_FACTORIES = {
     "curricular": lambda: losses.CurricularFaceLoss(),
     "magface": lambda: losses.MagFaceLoss(),
     "adaface": lambda: losses.AdaFaceLoss(),
+    "airface": lambda: losses.AirFaceLoss(),
+    "adacos": lambda: losses.AdaCosLoss(num_classes=7),
+    "distill_kl": lambda: losses.DistillKLDivergenceLoss(),
 }
 
 
@@ -472,6 +475,11 @@ SERIALIZABLE = {
     "batch_hard": lambda: losses.BatchHardTripletLoss(0.25),
     "batch_all": lambda: losses.BatchAllTripletLoss(0.3),
     "batch_all_hermans": lambda: losses.BatchAllTripletLossHermans(0.3),
+    "center_cosine": lambda: losses.CenterLossCosine(7, 3, alpha=0.3),
+    "arc_batch_hard": lambda: losses.ArcBatchHardTripletLoss(0.3),
+    "batch_hard_euclidean": lambda: losses.BatchHardTripletLossEuclidean(0.3),
+    "batch_hard_euclidean_auto": lambda: losses.BatchHardTripletLossEuclideanAutoAlpha(0.1, 2.0),
+    "margin_softmax": lambda: losses.MarginSoftmax(power=2, scale=0.3),
 }
 
 
@@ -483,6 +491,8 @@ def test_serialize_round_trip(name):
     y_true, y_pred = make_batch(num_classes=7)
     if losses.needs_feature_norm(loss):
         y_pred = with_norm(y_pred, np.full(len(y_pred), 30.0))
+    elif isinstance(loss, losses.MarginSoftmax):
+        y_pred = np.exp(y_pred) / np.exp(y_pred).sum(axis=-1, keepdims=True)  # probabilities
     elif not losses.is_margin_loss(loss):
         y_pred = RNG.normal(size=(len(y_true), 3))  # embeddings
     np.testing.assert_allclose(float(restored(y_true, y_pred)), float(SERIALIZABLE[name]()(y_true, y_pred)), rtol=1e-6)

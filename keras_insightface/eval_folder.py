@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Verification and 1:N accuracy of a model on a folder of identities `<root>/<class>/<image>`, as the original eval_folder.py.
+
+Each class registers one image: the one whose summed cosine similarity to its classmates is largest. Positive
+scores are that image's similarities to its classmates, negative scores its similarities to every other-class
+image. Top-1 accuracy: each image is assigned the class whose registered image is most similar. Also printed:
+ROC AUC and TPR at FPR 1e-6 .. 1e-1 (the ROC point nearest each FPR).
+
+Usage:
+    keras-insightface-eval-folder -m basic_model.h5 -d faces_test/ -S faces_test_embs.npz
+    from keras_insightface.eval_folder import eval_folder; eval_folder("basic_model.h5", "faces_test/")
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from . import cli
+from . import data
+from . import face_io
+from . import io_utils
+from . import model_interf
+
+FPR_SHOW = [10.0 ** (-ii) for ii in range(6, 0, -1)]
+
+
+def register_scores(embs, classes):
+    """Positive / negative scores and the [image, class] similarity to each class's registered image.
+
+    `embs` are L2-normalized. Usage: pos, neg, register_sims, register_ids = register_scores(embs, classes)
+    """
+    register_ids = np.unique(classes)
+    pos_dists, neg_dists, register_sims = [], [], []
+    for register_id in register_ids:
+        members = classes == register_id
+        sims = embs[members] @ embs[members].T
+        base = sims.sum(axis=0).argmax()
+        pos_dists.append(np.delete(sims[base], base))
+        base_sims = embs @ embs[members][base]
+        neg_dists.append(base_sims[~members])
+        register_sims.append(base_sims)
+    return np.concatenate(pos_dists), np.concatenate(neg_dists), np.stack(register_sims, axis=1), register_ids
+
+
+def tpr_at_fpr(pos_dists, neg_dists, fpr_show=FPR_SHOW):
+    """ROC AUC and the TPR at each of `fpr_show` (nearest ROC point).  Usage: auc, tprs = tpr_at_fpr(pos, neg)"""
+    from sklearn.metrics import auc, roc_curve
+
+    labels = np.concatenate([np.ones_like(pos_dists), np.zeros_like(neg_dists)])
+    fpr, tpr, _ = roc_curve(labels, np.concatenate([pos_dists, neg_dists]))
+    fpr_reverse, tpr_reverse = fpr[::-1], tpr[::-1]
+    return auc(fpr, tpr), [float(tpr_reverse[np.argmin(np.abs(fpr_reverse - ii))]) for ii in fpr_show]
+
+
+def folder_embeddings(model_file, data_path, batch_size=64):
+    """L2-normalized embeddings, class ids and file names of an image folder.  Usage: embs, classes, names = folder_embeddings(m, d)"""
+    image_names, image_classes, _, _ = data.pre_process_folder(data_path)
+    model = model_interf.load_model_interf(model_file, batch_size=batch_size)
+    images = np.stack([face_io.read_image(name, (112, 112)) for name in image_names])
+    return face_io.l2_normalize(model(images), dtype="float32"), np.asarray(image_classes, "int64"), np.asarray(image_names)
+
+
+def _load_or_embed(model_file, data_path, batch_size, save_embeddings):
+    if save_embeddings and os.path.exists(save_embeddings):
+        print(">>>> Reloading from backup:", save_embeddings)
+        saved = np.load(save_embeddings)
+        return saved["embs"].astype("float32"), saved["imm_classes"].astype("int64"), saved["filenames"]
+    if not model_file or not data_path:
+        raise ValueError("give --model_file and --data_path (or an existing --save_embeddings file)")
+    embs, classes, names = folder_embeddings(model_file, data_path, batch_size)
+    if save_embeddings:
+        print(">>>> Saving embeddings to:", save_embeddings)
+        with io_utils.atomic_path(save_embeddings) as tmp:
+            with open(tmp, "wb") as ff:
+                np.savez(ff, embs=embs, imm_classes=classes, filenames=names)
+    return embs, classes, names
+
+
+def eval_folder(model_file, data_path, batch_size=128, save_embeddings=None):
+    """Print and return {"top1", "auc", "tpr_at_fpr"} of a model on an identity folder; `save_embeddings` (.npz) caches.
+
+    Usage: results = eval_folder("basic_model.h5", "faces_test/", batch_size=64)
+    """
+    embs, classes, _ = _load_or_embed(model_file, data_path, batch_size, save_embeddings)
+    pos_dists, neg_dists, register_sims, register_ids = register_scores(embs, classes)
+    print(">>>> pos_dists:", pos_dists.shape, "neg_dists:", neg_dists.shape, "register_base_dists:", register_sims.shape)
+    top1 = float(np.mean(register_ids[register_sims.argmax(axis=1)] == classes))
+    print(">>>> top1 accuracy:", top1)
+    roc_auc, tprs = tpr_at_fpr(pos_dists, neg_dists)
+    print("| FPR | " + " | ".join("{:g}".format(ii) for ii in FPR_SHOW) + " |")
+    print("| TPR | " + " | ".join("{:.6f}".format(ii) for ii in tprs) + " |")
+    print(">>>> AUC:", roc_auc)
+    return {"top1": top1, "auc": float(roc_auc), "tpr_at_fpr": dict(zip(FPR_SHOW, tprs))}
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(prog="eval_folder.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-d", "--data_path", type=str, default=None, help="Data path, containing images in class folders")
+    parser.add_argument("-m", "--model_file", type=str, default=None, help="Model file: keras .h5 / .keras, or .onnx / .pth ...")
+    parser.add_argument("-b", "--batch_size", type=int, default=64, help="Batch size")
+    parser.add_argument("-S", "--save_embeddings", type=str, default=None, help="Save / Reload embeddings data (.npz)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """The command line of eval_folder.py (console script keras-insightface-eval-folder)."""
+    args = parse_arguments(argv)
+    return cli.run("eval_folder.py", eval_folder, args.model_file, args.data_path, args.batch_size, args.save_embeddings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

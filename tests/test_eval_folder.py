@@ -1,0 +1,65 @@
+"""eval_folder.py: registration, top-1 and TPR@FPR against brute-force NumPy on known embeddings; the CLI end to end."""
+import numpy as np
+
+from keras_insightface import eval_folder
+from tests.helpers import tiny_basic_model
+
+RNG = np.random.default_rng(3)
+
+
+def known_embeddings():
+    classes = np.repeat(np.arange(4), 5)
+    embs = np.eye(8)[classes] + RNG.normal(0, 0.6, (20, 8))
+    return embs / np.linalg.norm(embs, axis=1, keepdims=True), classes
+
+
+def brute_force(embs, classes):
+    """Register per class the image with the largest summed similarity to its classmates; top-1 by argmax."""
+    pos, neg, bases = [], [], []
+    for cc in np.unique(classes):
+        idx = np.where(classes == cc)[0]
+        base = idx[np.argmax([sum(embs[ii] @ embs[jj] for jj in idx) for ii in idx])]
+        bases.append(base)
+        pos += [embs[base] @ embs[jj] for jj in idx if jj != base]
+        neg += [embs[base] @ embs[jj] for jj in range(len(embs)) if classes[jj] != cc]
+    predicted = [np.unique(classes)[np.argmax([embs[ii] @ embs[bb] for bb in bases])] for ii in range(len(embs))]
+    return np.array(pos), np.array(neg), np.mean(np.array(predicted) == classes)
+
+
+def tpr_at(pos, neg, fpr_target):
+    """TPR of the threshold whose FPR is nearest `fpr_target`, thresholds at every score (sklearn's ROC points)."""
+    points = [(0.0, 0.0)] + [(np.mean(neg >= tt), np.mean(pos >= tt)) for tt in np.sort(np.concatenate([pos, neg]))[::-1]]
+    fprs = np.array([pp[0] for pp in points])
+    best = np.abs(fprs - fpr_target).min()
+    return max(tt for ff, tt in points if abs(ff - fpr_target) == best)
+
+
+def test_scores_and_top1_against_brute_force():
+    embs, classes = known_embeddings()
+    pos, neg, register_sims, register_ids = eval_folder.register_scores(embs, classes)
+    ref_pos, ref_neg, ref_top1 = brute_force(embs, classes)
+    np.testing.assert_allclose(np.sort(pos), np.sort(ref_pos), rtol=1e-9)
+    np.testing.assert_allclose(np.sort(neg), np.sort(ref_neg), rtol=1e-9)
+    assert np.mean(register_ids[register_sims.argmax(1)] == classes) == ref_top1
+    auc, tprs = eval_folder.tpr_at_fpr(pos, neg, [0.1])
+    assert tprs[0] == tpr_at(pos, neg, 0.1)
+    assert auc == np.mean([(pp > nn) + 0.5 * (pp == nn) for pp in pos for nn in neg])
+
+
+def test_cli_reloads_saved_embeddings(tmp_path, capsys):
+    embs, classes = known_embeddings()
+    saved = tmp_path / "embs.npz"
+    np.savez(saved, embs=embs, imm_classes=classes, filenames=np.array(["x"] * len(embs)))
+    assert eval_folder.main(["-S", str(saved)]) == 0
+    assert ">>>> top1 accuracy: {}".format(brute_force(embs, classes)[2]) in capsys.readouterr().out
+
+
+def test_model_on_image_folder_saves_embeddings(dataset, tmp_path, capsys):
+    model_file = str(tmp_path / "tiny.keras")
+    tiny_basic_model().save(model_file)
+    saved = str(tmp_path / "folder_embs.npz")
+    results = eval_folder.eval_folder(model_file, dataset, batch_size=8, save_embeddings=saved)
+    stored = np.load(saved)
+    np.testing.assert_allclose(np.linalg.norm(stored["embs"], axis=1), 1.0, rtol=1e-5)
+    assert results["top1"] == brute_force(stored["embs"].astype("float64"), stored["imm_classes"])[2]
+    assert eval_folder.main(["-d", dataset]) == 2 and "eval_folder.py: error:" in capsys.readouterr().err
