@@ -1,0 +1,147 @@
+"""Training curves: the history of one or several runs (loss, accuracy, every eval set, lr), and learning-rate schedules.
+
+`hist_plot_split` reads `checkpoints/<stem>_hist.json` files (several files are one run continued) or a history
+dict, splits the epochs into the schedule's plans (`epochs`, drawn as dashed lines labelled by `names`) and draws
+four panels: loss, accuracy, the eval sets and the learning rate. The minimum loss and every maximum accuracy are
+marked with their value. Calling it again with the returned `axes` and another `fig_label` draws another run on the
+same panels, side by side. Needs matplotlib (`pip install keras_insightface[plot]`).
+
+Usage:
+    from keras_insightface import plot
+    axes, last = plot.hist_plot_split("checkpoints/TT_mobilenet_hist.json", [5, 5, 40], ["S16", "S32", "S64"], fig_label="mobilenet")
+    axes, _ = plot.hist_plot_split("checkpoints/TT_r34_hist.json", [5, 5, 40], axes=axes, fig_label="r34", save="compare.png")
+    plot.lr_schedule_plot(lr_base=0.1, lr_decay=0.1, lr_decay_steps=[20, 30], epochs=40, save="lr.png")
+"""
+import json
+import os
+
+import numpy as np
+
+from . import cli
+
+NOT_CURVES = ("loss", "accuracy", "lr", "epoch")
+
+
+def _pyplot():
+    matplotlib = cli.require("matplotlib", "plot", "plotting")
+    if not os.environ.get("DISPLAY"):
+        matplotlib.use("Agg")  # no screen: draw to files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_histories(history):
+    """One history dict from a dict, a `_hist.json` path, or a list of paths (one run, continued file after file)."""
+    if isinstance(history, dict):
+        return {key: list(values) for key, values in history.items()}
+    paths = [history] if isinstance(history, (str, os.PathLike)) else list(history)
+    merged = {}
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError("{}: no such history file".format(path))
+        with open(path, "r", encoding="utf-8") as ff:
+            try:
+                loaded = json.load(ff)
+            except json.JSONDecodeError as error:
+                raise ValueError("{}: not a JSON history file ({})".format(path, error)) from error
+        for key, values in loaded.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
+
+
+def split_by_plans(values, epochs):
+    """The values of each plan: `epochs` are the plan lengths (None: one plan).  Usage: split_by_plans(v, [5, 40])"""
+    if not epochs:
+        return [list(values)]
+    bounds = np.cumsum([0, *epochs])
+    return [list(values[start:end]) for start, end in zip(bounds[:-1], bounds[1:]) if start < len(values)]
+
+
+def _curve(ax, values, init_epoch, label=None, peak=None):
+    """Plot `values` at epochs init_epoch + 1 ...; mark the peak (np.argmin / np.argmax) with its value."""
+    points = [(init_epoch + 1 + index, value) for index, value in enumerate(values) if value is not None]
+    if not points:
+        return
+    xx, yy = zip(*points)
+    ax.plot(xx, yy, label=label)
+    if peak is not None:
+        best = int(peak(yy))
+        ax.scatter(xx[best], yy[best], marker="v", color="r")
+        ax.text(xx[best], yy[best], "{:.4f}".format(yy[best]), va="bottom", ha="right", fontsize=8, rotation=-30)
+
+
+def _plan_marks(ax, plan_lengths, names, init_epoch):
+    ymin, ymax = ax.get_ylim()
+    start = init_epoch + 1
+    for name, length in zip(names or [], plan_lengths):
+        ax.axvline(start, color="k", linestyle="--", linewidth=0.8)
+        ax.text(start + 0.05 * length, ymin + 0.2 * (ymax - ymin), name, va="bottom", rotation=-90, fontsize=8)
+        start += length
+
+
+def hist_plot_split(history, epochs=None, names=None, customs=None, save="", axes=None, init_epoch=0, fig_label=None, limit_loss_max=1e5):
+    """Draw a run's history: loss, accuracy, eval sets (`customs`, default every other key) and lr; returns (axes, last values).
+
+    history: a dict, a `_hist.json` path or a list of them; epochs / names: the plans' lengths and names; save: an image
+    path ("" saves next to the (last) history file as .png, None saves nothing); axes: the 4 axes of an earlier call to
+    draw this run beside it; fig_label: this run's name in the legends; limit_loss_max: losses above it are left out.
+    Usage: axes, last = hist_plot_split("checkpoints/m_hist.json", [5, 45], ["arc S16", "arc S64"])
+    """
+    plt = _pyplot()
+    hist = load_histories(history)
+    if "loss" not in hist:
+        raise ValueError("history has no 'loss' (keys: {})".format(", ".join(sorted(hist))))
+    if axes is None:
+        fig, axes = plt.subplots(1, 4, sharex=True, figsize=(20, 5))
+    fig = axes[0].figure
+    customs = customs if customs else [key for key in hist if key not in NOT_CURVES]
+    losses = [value if value is not None and value < limit_loss_max else None for value in hist["loss"]]
+    plan_lengths = [len(part) for part in split_by_plans(losses, epochs)]
+    panels = [("loss", {fig_label: losses}, np.argmin), ("accuracy", {fig_label: hist.get("accuracy", [])}, np.argmax)]
+    panels.append((", ".join(customs), {"{} {}".format(fig_label, key) if fig_label else key: hist[key] for key in customs if key in hist}, np.argmax))
+    panels.append(("lr", {fig_label: hist.get("lr", [])}, None))
+    for ax, (title, curves, peak) in zip(axes, panels):
+        for label, values in curves.items():
+            _curve(ax, values, init_epoch, label=label, peak=peak)
+        ax.set_title(title)
+        _plan_marks(ax, plan_lengths, names, init_epoch)
+        if any(label for label in curves):
+            ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    if save == "" and not isinstance(history, dict):
+        save = os.path.splitext(history if isinstance(history, (str, os.PathLike)) else list(history)[-1])[0] + ".png"
+    if save:
+        fig.savefig(save)
+    last = {key: values[-1] for key, values in hist.items() if values and key != "epoch"}
+    return axes, last
+
+
+def lr_values(lr_base=0.001, lr_decay=0.05, lr_decay_steps=0, lr_min=1e-6, lr_warmup_steps=0, epochs=60, steps_per_epoch=1000):
+    """The learning rate `train.Train` would use, per epoch (or per batch for cosine on batch), as a NumPy array.
+
+    Usage: lrs = lr_values(0.1, 0.1, [20, 30], epochs=40)
+    """
+    from . import myCallbacks
+
+    scheduler = myCallbacks.build_lr_scheduler(lr_base, lr_decay, lr_decay_steps, lr_min, lr_warmup_steps, steps_per_epoch)
+    iterations = epochs * steps_per_epoch if scheduler.is_on_batch else epochs
+    return np.array([scheduler.lr_at(iteration) for iteration in range(iterations)])
+
+
+def lr_schedule_plot(lr_base=0.001, lr_decay=0.05, lr_decay_steps=0, lr_min=1e-6, lr_warmup_steps=0, epochs=60, steps_per_epoch=1000, save=None, ax=None):
+    """Plot the learning-rate schedule of `Train`'s lr arguments over `epochs` (x in epochs); returns the axis.
+
+    Usage: lr_schedule_plot(lr_base=0.001, lr_decay=0.5, lr_decay_steps=24, lr_min=1e-7, lr_warmup_steps=1, epochs=120)
+    """
+    plt = _pyplot()
+    values = lr_values(lr_base, lr_decay, lr_decay_steps, lr_min, lr_warmup_steps, epochs, steps_per_epoch)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(np.arange(len(values)) * epochs / len(values), values, label="lr_decay_steps={}".format(lr_decay_steps))
+    ax.set_xlabel("epoch")
+    ax.set_title("learning rate")
+    ax.legend(loc="best", fontsize=8)
+    if save:
+        ax.figure.savefig(save)
+    return ax

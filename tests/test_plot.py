@@ -1,0 +1,63 @@
+"""plot.py: history curves of runs side by side and the learning-rate schedule plot."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+from keras_insightface import plot  # noqa: E402
+
+
+def write_history(path, epochs, seed):
+    rng = np.random.default_rng(seed)
+    history = {
+        "loss": list(np.linspace(10, 1, epochs) + rng.uniform(0, 0.1, epochs)),
+        "accuracy": list(np.linspace(0.1, 0.9, epochs)),
+        "lfw": list(np.linspace(0.7, 0.99, epochs)),
+        "agedb_30": list(np.linspace(0.6, 0.95, epochs)),
+        "lr": [0.1] * (epochs // 2) + [0.01] * (epochs - epochs // 2),
+        "epoch": list(range(epochs)),
+    }
+    with open(path, "w") as ff:
+        json.dump(history, ff)
+    return history
+
+
+def test_two_runs_side_by_side_on_four_panels(tmp_path):
+    first = write_history(tmp_path / "a_hist.json", 6, 0)
+    write_history(tmp_path / "b_hist.json", 6, 1)
+    axes, last = plot.hist_plot_split(str(tmp_path / "a_hist.json"), [2, 4], ["S16", "S64"], fig_label="a", save=None)
+    axes, _ = plot.hist_plot_split(str(tmp_path / "b_hist.json"), [2, 4], ["S16", "S64"], axes=axes, fig_label="b", save=str(tmp_path / "ab.png"))
+    assert [ax.get_title() for ax in axes] == ["loss", "accuracy", "lfw, agedb_30", "lr"]
+    assert len(axes[0].get_lines()) >= 2 and len(axes[2].get_lines()) >= 4  # both runs, both eval sets
+    loss_x, loss_y = axes[0].get_lines()[0].get_data()
+    np.testing.assert_allclose(loss_x, np.arange(1, 7))
+    np.testing.assert_allclose(loss_y, first["loss"])
+    assert last["lfw"] == pytest.approx(first["lfw"][-1]) and last["lr"] == 0.01
+    assert (tmp_path / "ab.png").stat().st_size > 1000
+
+
+def test_a_run_continued_in_two_files_is_one_curve_and_saves_beside_it(tmp_path):
+    write_history(tmp_path / "x_hist.json", 3, 0)
+    write_history(tmp_path / "x2_hist.json", 2, 1)
+    axes, _ = plot.hist_plot_split([str(tmp_path / "x_hist.json"), str(tmp_path / "x2_hist.json")])
+    assert len(axes[0].get_lines()[0].get_data()[0]) == 5
+    assert (tmp_path / "x2_hist.png").stat().st_size > 1000
+
+
+def test_bad_history_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing_hist.json"):
+        plot.hist_plot_split(str(tmp_path / "missing_hist.json"))
+    (tmp_path / "bad_hist.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad_hist.json: not a JSON history file"):
+        plot.hist_plot_split(str(tmp_path / "bad_hist.json"))
+
+
+def test_lr_schedule_values_follow_the_formulas(tmp_path):
+    constant = plot.lr_values(lr_base=0.1, lr_decay=0.1, lr_decay_steps=[2, 4], epochs=6)
+    np.testing.assert_allclose(constant, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    exponential = plot.lr_values(lr_base=0.001, lr_decay=0.05, lr_decay_steps=0, lr_min=0, epochs=4)
+    np.testing.assert_allclose(exponential, [0.001 * math.exp(-0.05 * ii) for ii in range(4)])
+    ax = plot.lr_schedule_plot(lr_base=0.001, lr_decay=0.5, lr_decay_steps=3, lr_min=1e-7, epochs=10, save=str(tmp_path / "lr.png"))
+    assert len(ax.get_lines()) == 1 and (tmp_path / "lr.png").stat().st_size > 1000
