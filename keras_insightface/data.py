@@ -275,8 +275,21 @@ def _random_crop_resize(images, seed, random_crop):
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), [height, width])
 
 
-def make_augment(random_status=0, seed=None):
-    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair)` for a random_status, clipping to [0, 255].
+def cutout_lower_part(images, seed_pair, probability, fill=128.0):
+    """With `probability` per image, fill the rows below a random height in [0.55 H, 0.7 W) with `fill`: the
+    original's `random_cutout_mask_area`, a stand-in for a face mask.  Usage: cutout_lower_part(images, seed, 0.3)"""
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    low, high = int(height * 0.55), int(width * 0.7)
+    draws = tf.random.stateless_uniform([batch, 2], seed_pair)
+    kept_rows = low + tf.cast(tf.floor(draws[:, 1] * (high - low)), tf.int32)
+    kept_rows = tf.where(draws[:, 0] < probability, kept_rows, height)
+    rows = tf.range(height)[None, :, None, None]
+    return tf.where(rows < kept_rows[:, None, None, None], images, tf.cast(fill, images.dtype))
+
+
+def make_augment(random_status=0, seed=None, random_cutout_mask_area=0.0):
+    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair)` for a random_status, clipping to [0, 255];
+    `random_cutout_mask_area` > 0 then fills the lower part of that share of the images (`cutout_lower_part`).
 
     Usage: augment = make_augment(2); images = augment(tf.cast(uint8_batch, "float32"), tf.constant([1, 2]))
     """
@@ -286,6 +299,8 @@ def make_augment(random_status=0, seed=None):
         draws = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, len(steps)], seed_pair)
         for index, step in enumerate(steps):
             images = step(images, draws[..., index : index + 1], random_status)
+        if random_cutout_mask_area > 0:
+            images = cutout_lower_part(images, tf.random.experimental.stateless_fold_in(seed_pair, 7), random_cutout_mask_area)
         return tf.clip_by_value(images, 0.0, 255.0)
 
     return augment
@@ -506,6 +521,7 @@ def prepare_dataset(
     img_shape=(112, 112),
     random_status=0,
     random_crop=DEFAULT_RANDOM_CROP,
+    random_cutout_mask_area=0.0,
     image_per_class=0,
     cache=False,
     shuffle_buffer_size=None,
@@ -519,7 +535,8 @@ def prepare_dataset(
     `face_io.model_normalization(basic_model)`: `Train` passes its model's), augmented by `random_status` when
     is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
     img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing; the RandAugment levels
-    >= 100 do not crop, as the original). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
+    >= 100 do not crop, as the original). `random_cutout_mask_area` (0..1) fills the lower part of that share of the
+    training images with gray, the original's mask stand-in (`cutout_lower_part`). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
     images. Unreadable images are skipped with a printed count.
     Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
@@ -565,7 +582,9 @@ def prepare_dataset(
             ds = ds.shuffle(shuffle_buffer_size or num_images, seed=seed, reshuffle_each_iteration=True)
     drop_remainder = is_train
     ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
-    augment = make_augment(random_status, seed) if is_train else None
+    if not 0 <= random_cutout_mask_area <= 1:
+        raise ValueError("random_cutout_mask_area is the share of images masked, in [0, 1]; got {!r}".format(random_cutout_mask_area))
+    augment = make_augment(random_status, seed, random_cutout_mask_area) if is_train else None
     crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
     finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
                              norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm))

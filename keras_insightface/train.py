@@ -129,6 +129,7 @@ class Train:
         eval_freq=1,
         random_status=0,
         random_crop=data.DEFAULT_RANDOM_CROP,
+        random_cutout_mask_area=0.0,
         image_per_class=0,
         img_shape=None,
         seed=None,
@@ -151,6 +152,7 @@ class Train:
         self.lr_base, self.lr_decay, self.lr_decay_steps = lr_base, lr_decay, lr_decay_steps
         self.lr_min, self.lr_warmup_steps = lr_min, lr_warmup_steps
         self.eval_freq, self.random_status, self.random_crop = eval_freq, random_status, random_crop
+        self.random_cutout_mask_area = random_cutout_mask_area
         self.image_per_class, self.seed = image_per_class, seed
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
@@ -305,6 +307,7 @@ class Train:
             img_shape=self.img_shape,
             random_status=self.random_status,
             random_crop=self.random_crop,
+            random_cutout_mask_area=self.random_cutout_mask_area,
             image_per_class=image_per_class,
             seed=self.seed,
             norm=face_io.model_normalization(self.basic_model),

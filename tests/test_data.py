@@ -450,3 +450,33 @@ def test_rand_augment_level_keeps_range(tmp_path):
     ds, _ = data.prepare_dataset(root, batch_size=8, img_shape=SIZE, random_status=100, seed=1)
     images = np.asarray(next(iter(ds))[0])
     assert images.shape == (8,) + SIZE + (3,) and images.min() >= -1 and images.max() <= 1
+
+
+@pytest.mark.parametrize("area", [0.0, 1.0])
+def test_random_cutout_mask_area_fills_the_lower_part_with_gray(tmp_path, area):
+    """The original's mask stand-in: rows from a random height in [0.55 H, 0.7 W) down are 128 (gray)."""
+    root = str(tmp_path / "faces")
+    for class_name in ("0", "1"):
+        for ii in range(4):
+            write_gray(os.path.join(root, class_name, "{}.png".format(ii)), 200, size=(20, 20))
+    ds, _ = data.prepare_dataset(root, batch_size=8, img_shape=(20, 20), random_status=0, random_cutout_mask_area=area, seed=1)
+    pixels = np.asarray(next(iter(ds))[0]) * 128.0 + 127.5  # back to pixel values
+    kept, masked = int(20 * 0.55), int(20 * 0.7)
+    np.testing.assert_allclose(pixels[:, :kept], 200, atol=1e-3)
+    np.testing.assert_allclose(pixels[:, masked:], 128 if area else 200, atol=1e-3)
+    if area:
+        first_masked_rows = [int(np.argmax(np.isclose(image[:, 0, 0], 128))) for image in pixels]
+        assert all(kept <= row < masked for row in first_masked_rows)
+
+
+def test_random_cutout_mask_area_outside_0_1_is_named(tmp_path):
+    root = make_image_folder_for_cutout(tmp_path)
+    with pytest.raises(ValueError, match="random_cutout_mask_area"):
+        data.prepare_dataset(root, batch_size=2, img_shape=(20, 20), random_cutout_mask_area=1.5)
+
+
+def make_image_folder_for_cutout(tmp_path):
+    root = str(tmp_path / "faces")
+    for class_name in ("0", "1"):
+        write_gray(os.path.join(root, class_name, "0.png"), 100, size=(20, 20))
+    return root
