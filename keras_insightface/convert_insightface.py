@@ -80,8 +80,10 @@ class Unit:
         return "Unit({}, {})".format(self.kind, self.name)
 
 
-def _topological(parents, output):
-    """Nodes reachable from `output`, parents first (iterative: deep networks exceed the recursion limit)."""
+def _post_order(parents, output, push_order=None):
+    """Nodes reachable from `output`, parents first, iteratively (deep networks exceed the recursion limit);
+    `push_order(node)` gives the order a node's parents are pushed on the stack (the last pushed is visited first)."""
+    push_order = push_order or (lambda node: parents[node])
     order, done, stack = [], set(), [(output, False)]
     while stack:
         node, expanded = stack.pop()
@@ -92,7 +94,7 @@ def _topological(parents, output):
             order.append(node)
             continue
         stack.append((node, True))
-        stack.extend((parent, False) for parent in parents[node] if parent not in done)
+        stack.extend((parent, False) for parent in push_order(node) if parent not in done)
     return order
 
 
@@ -102,24 +104,12 @@ def canonical_order(parents, output):
     At a residual Add that puts the main branch before the shortcut in any graph of the same network,
     whatever order its builder wrote them in.
     """
-    topological = _topological(parents, output)
+    topological = _post_order(parents, output)
     position = {node: index for index, node in enumerate(topological)}
     length = {}
     for node in topological:
         length[node] = 1 + max((length[parent] for parent in parents[node]), default=0)
-    order, done, stack = [], set(), [(output, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in done:
-            continue
-        if expanded:
-            done.add(node)
-            order.append(node)
-            continue
-        stack.append((node, True))
-        ordered = sorted(parents[node], key=lambda parent: (-length[parent], position[parent]))
-        stack.extend((parent, False) for parent in reversed(ordered) if parent not in done)
-    return order
+    return _post_order(parents, output, lambda node: reversed(sorted(parents[node], key=lambda parent: (-length[parent], position[parent]))))
 
 
 def _link_units(units, unit_of_node, parents, passthrough):
