@@ -86,6 +86,24 @@ def _embedding_sub_model(model, embedding_layer):
     return keras.Model(model.inputs[0], layer.output, name=model.name + "_basic")
 
 
+def _global_mixed_policy():
+    """The global Keras dtype policy name when it is a mixed one (set by the user), else None."""
+    name = keras.mixed_precision.global_policy().name
+    return name if name.startswith("mixed_") else None
+
+
+def _loss_scaled(optimizer, policy):
+    """`optimizer` wrapped in Keras' dynamic loss scaling when computing in float16 (unchanged otherwise)."""
+    if policy != "mixed_float16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
+def _inner_optimizer(optimizer):
+    """The optimizer holding the learning rate and weight decay (unwraps a LossScaleOptimizer)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def _accuracy_without_norm(y_true, y_pred):
     """Categorical accuracy of a head whose last column is the appended feature norm."""
     return keras.metrics.categorical_accuracy(y_true, y_pred[:, :-1])
@@ -101,6 +119,11 @@ class Train:
             model=saved model file                            -> continue from the last saved model
         basic_model=None / layer name or index,
             model=model structure                             -> continue from a modified model
+
+    mixed_precision: "mixed_float16" / "mixed_bfloat16" (default: the global Keras policy when it is a mixed one): the
+        basic model computes in that policy, its `embedding` layer, the head and the losses in float32; float16
+        training wraps the optimizer in `keras.optimizers.LossScaleOptimizer`. A resumed model keeps the policy it
+        was saved with unless one is given.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -129,6 +152,7 @@ class Train:
         img_shape=None,
         seed=None,
         output_wd_multiply=None,
+        mixed_precision=None,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
@@ -150,7 +174,9 @@ class Train:
         self.image_per_class, self.seed = image_per_class, seed
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
+        self.mixed_precision = mixed_precision or _global_mixed_policy()
         self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
+        self.mixed_precision = models.model_compute_policy(self.basic_model)
         if pretrained:
             print(">>>> Loading pretrained weights:", pretrained)
             self.basic_model.load_weights(pretrained)
@@ -184,10 +210,12 @@ class Train:
         if isinstance(model, str):
             print(">>>> Load model from:", model)
             model_path, model = model, self._load_checkpoint_model(model, custom_objects)
+            model = self._in_mixed_precision(model, basic_model)
             if compile:
                 self.optimizer = _load_optimizer(self._resume_file("optimizer"), model_path, model, custom_objects)
-        elif model is not None and compile:
-            self.optimizer = getattr(model, "optimizer", None)
+        elif model is not None:
+            self.optimizer = getattr(model, "optimizer", None) if compile else None
+            model = self._in_mixed_precision(model, basic_model)
         if model is not None:
             self.model = model
             self._adopt_heads_of(model)
@@ -201,7 +229,14 @@ class Train:
             raise ValueError(
                 "basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model)
             )
-        return basic_model
+        return models.mixed_precision_model(basic_model, self.mixed_precision) if self.mixed_precision else basic_model
+
+    def _in_mixed_precision(self, model, embedding_layer):
+        """A full model whose basic-model layers (up to `embedding`) compute in `self.mixed_precision`; heads stay."""
+        if not self.mixed_precision:
+            return model
+        basic_layers = {layer.name for layer in _embedding_sub_model(model, embedding_layer).layers}
+        return models.mixed_precision_model(model, self.mixed_precision, layer_names=basic_layers)
 
     def _load_checkpoint_model(self, model_path, custom_objects):
         """Load a run's saved full model after `recover()` republished its last committed epoch."""
@@ -266,22 +301,22 @@ class Train:
     def _distill_output(self, embedding):
         teacher_emb = self.teacher_emb_shape
         if embedding.shape[-1] == teacher_emb:
-            return keras.layers.Identity(name="distill")(embedding)
+            return keras.layers.Identity(name="distill", dtype="float32")(embedding)
         if self.distill_map_layer is None or self.distill_map_layer.units != teacher_emb:
-            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer")
+            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer", dtype="float32")
         return self.distill_map_layer(embedding)
 
     def _build_model(self, loss_type, loss_top_k, append_norm, with_center, with_triplet, with_distill):
         """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
-            head = keras.layers.Identity(name=loss_type)
+            head = keras.layers.Identity(name=loss_type, dtype="float32")
         else:
             head = self._output_head(loss_type, loss_top_k, append_norm)
         outputs, kinds = [head(embedding)], ["label"]
         for name, enabled in (("center", with_center), ("triplet", with_triplet)):
             if enabled and loss_type != name:
-                outputs.append(keras.layers.Identity(name=name + "_embedding")(embedding))
+                outputs.append(keras.layers.Identity(name=name + "_embedding", dtype="float32")(embedding))
                 kinds.append("label")
         if with_distill:
             outputs.append(self._distill_output(embedding))
@@ -368,7 +403,7 @@ class Train:
             losses_list.append(losses.distiller_loss_cosine)
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
-        self.optimizer = self._optimizer_for_current_model(self.optimizer)
+        self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         if len(losses_list) == 1:
             self.model.compile(optimizer=self.optimizer, loss=loss, metrics=metrics[0])
         else:
@@ -400,9 +435,10 @@ class Train:
             self.run, self.my_hist, best_eval=self.my_evals[-1] if self.my_evals else None, center_loss=self.center_loss if uses_centers else None
         )
         callbacks = [lr_scheduler, *self.my_evals, self.my_hist, self.nan_guard, commit, self.gently_stop]
-        if hasattr(self.optimizer, "decoupled_weight_decay"):
+        optimizer = _inner_optimizer(self.optimizer)
+        if hasattr(optimizer, "decoupled_weight_decay"):
             is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
-            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
+            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
         return callbacks
 
     def _compiled_losses(self):
