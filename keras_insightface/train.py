@@ -104,11 +104,6 @@ def _inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-def _accuracy_without_norm(y_true, y_pred):
-    """Categorical accuracy of a head whose last column is the appended feature norm."""
-    return keras.metrics.categorical_accuracy(y_true, y_pred[:, :-1])
-
-
 class Train:
     """Scheduler connecting basic model, output head, datasets, callbacks, losses and optimizers.
 
@@ -330,7 +325,7 @@ class Train:
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
         self._dataset_fast_forwarded = False
-        self.train_ds, self.steps_per_epoch = data.prepare_dataset(
+        self.train_ds, self.steps_per_epoch, self.classes = data.prepare_dataset_and_classes(
             data_path,
             batch_size=self.batch_size,
             img_shape=self.img_shape,
@@ -342,8 +337,7 @@ class Train:
         )
         label_spec = self.train_ds.element_spec[1]
         self.has_embeddings = isinstance(label_spec, tuple)
-        label_spec, emb_spec = label_spec if self.has_embeddings else (label_spec, None)
-        self.classes = int(label_spec.shape[-1])
+        emb_spec = label_spec[1] if self.has_embeddings else None
         self.teacher_emb_shape = int(emb_spec.shape[-1]) if emb_spec is not None else None
         print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
 
@@ -390,7 +384,8 @@ class Train:
         return self.center_loss
 
     def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
-        losses_list, weights = [loss], [1.0]
+        """Compile the model with the plan's losses; labels reach each loss as integers, one-hot where it wants them."""
+        losses_list, weights = [loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)], [1.0]
         if loss_type == "center":
             self.center_loss = loss
         if centerloss and loss_type != "center":
@@ -405,7 +400,7 @@ class Train:
         metrics = self._metrics(loss_type, len(losses_list))
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         if len(losses_list) == 1:
-            self.model.compile(optimizer=self.optimizer, loss=loss, metrics=metrics[0])
+            self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0])
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics)
 
@@ -413,9 +408,9 @@ class Train:
         if loss_type in EMBEDDING_TYPES:
             main = []
         elif isinstance(self.output_layer, models.NormDense) and self.output_layer.append_norm:
-            main = [keras.metrics.MeanMetricWrapper(_accuracy_without_norm, name="accuracy")]
+            main = [keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")]
         else:
-            main = ["accuracy"]
+            main = ["accuracy"]  # Keras picks the sparse accuracy for integer labels
         return [main] + [[] for _ in range(num_outputs - 1)]
 
     # ---------------------------------------------------------------- callbacks
