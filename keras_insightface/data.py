@@ -3,7 +3,7 @@
 Usage:
     from keras_insightface import data
     ds, steps_per_epoch = data.prepare_dataset("/datasets/faces_emore_112x112_folders", batch_size=512, random_status=2)
-    images, labels = next(iter(ds))  # float32 [512, 112, 112, 3] in [-1, 1], one-hot float32 [512, num_classes]
+    images, labels = next(iter(ds))  # float32 [512, 112, 112, 3] in [-1, 1], int32 class indices [512]
 
 Inputs:
     folder    `<root>/<class>/<image>`; the scan is cached beside it as `<root>_shuffle.npz`
@@ -489,7 +489,7 @@ def _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, cou
     return ds.map(flatten)
 
 
-def _batch_finisher(num_classes, augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM):
+def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM):
     """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets."""
 
     def augment_and_normalize(images, seed):
@@ -507,13 +507,13 @@ def _batch_finisher(num_classes, augment, jit_compile, random_crop=None, norm=fa
     def finish(epoch_seed, batch):
         first_position, images, labels, *embedding = batch
         images = finish_images(images, tf.random.experimental.stateless_fold_in(epoch_seed, first_position))
-        labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        labels = tf.cast(labels, tf.int32)
         return images, (labels, tf.cast(embedding[0], tf.float32)) if embedding else labels
 
     return finish
 
 
-def prepare_dataset(
+def prepare_dataset_and_classes(
     data_path,
     image_names_reg=None,
     image_classes_rule=None,
@@ -529,8 +529,10 @@ def prepare_dataset(
     seed=None,
     norm=None,
 ):
-    """tf.data batches `(images, one_hot_labels)`, or `(images, (one_hot_labels, embeddings))` for distiller data.
+    """tf.data batches `(images, labels)`, or `(images, (labels, embeddings))` for distiller data; steps per epoch;
+    the number of classes.
 
+    labels are int32 class indices [B] (losses that want one-hot rows get them inside the training step).
     images are float32 [B, H, W, 3] normalized by `(x - 127.5) * 0.0078125` (or `norm`, a (mean, std) such as
     `face_io.model_normalization(basic_model)`: `Train` passes its model's), augmented by `random_status` when
     is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
@@ -539,7 +541,7 @@ def prepare_dataset(
     training images with gray, the original's mask stand-in (`cutout_lower_part`). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
     images. Unreadable images are skipped with a printed count.
-    Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
+    Usage: ds, steps_per_epoch, num_classes = prepare_dataset_and_classes("faces_112x112_folders", batch_size=512)
     """
     data_path = os.fspath(data_path)
     img_shape = tuple(int(ii) for ii in img_shape[:2])
@@ -586,11 +588,20 @@ def prepare_dataset(
         raise ValueError("random_cutout_mask_area is the share of images masked, in [0, 1]; got {!r}".format(random_cutout_mask_area))
     augment = make_augment(random_status, seed, random_cutout_mask_area) if is_train else None
     crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
-    finish = _batch_finisher(num_classes, augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
+    finish = _batch_finisher(augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
                              norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm))
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch
+    return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes
+
+
+def prepare_dataset(data_path, *args, **kwargs):
+    """tf.data batches `(images, labels)` and steps per epoch; the arguments of `prepare_dataset_and_classes`.
+
+    Usage: ds, steps_per_epoch = prepare_dataset("faces_112x112_folders", batch_size=512, random_status=2)
+    """
+    ds, steps_per_epoch, _ = prepare_dataset_and_classes(data_path, *args, **kwargs)
+    return ds, steps_per_epoch
 
 
 def image_batches_uint8(image_names, img_shape=(112, 112), batch_size=128):

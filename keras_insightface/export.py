@@ -51,7 +51,8 @@ class ParityError(ValueError):
 
 # ---------------------------------------------------------------- loading the basic model
 def check_basic_model(model, source="model"):
-    """Refuse models that are not a single-input, single-output basic model (no NormDense head).
+    """Refuse models that are not a single-input, single-output basic model (no NormDense head); the model to export,
+    computing in float32 (a copy with the same weights when it was trained in mixed precision).
 
     Usage: check_basic_model(keras.models.load_model("basic_model.h5", compile=False))
     """
@@ -67,7 +68,7 @@ def check_basic_model(model, source="model"):
     input_shape = tuple(model.inputs[0].shape[1:])
     if len(input_shape) != 3 or input_shape[-1] != 3 or None in input_shape:
         raise ValueError("{}: expected a fixed [height, width, 3] image input, got {}".format(source, input_shape))
-    return model
+    return surgery.mixed_precision_model(model, "float32")  # a mixed precision model exports in float32
 
 
 def load_basic_model(model_or_path):

@@ -1,6 +1,7 @@
 """Losses for face recognition: margin softmax losses on cosine logits, center, triplet and distillation.
 
-The margin losses take one-hot `y_true` and the cosine output of `models.NormDense` as `y_pred`.
+The margin losses take integer class labels `y_true` (int [batch], or [batch, 1]; one-hot rows [batch, classes] are
+accepted too, told apart by rank and width) and the cosine output of `models.NormDense` as `y_pred`.
 Each replaces the target cosine of every sample by its margined value, multiplies all logits by
 `scale` and applies softmax cross-entropy. Only the target column is computed apart and the
 margin is added in place, so an ArcFace / CosFace step keeps one logits-size buffer live beside
@@ -56,33 +57,74 @@ def combined_margin(cos_t, margin1=1.0, margin2=0.5, margin3=0.0):
     return ops.where(cos_t > cos_boundary, margined, fallback)
 
 
-def _target_indices(y_true):
-    """(batch, 2) indices `[row, label]` of the one-hot targets.
+def is_one_hot(y_true):
+    """True for one-hot rows `(batch, classes)`, False for integer labels `(batch,)` / `(batch, 1)`.
 
-    The label is read as `y_true @ [0, 1, ..., classes - 1]`, exact for one-hot rows, which needs
-    no temporary of the logits' size (Keras' argmax builds several).
+    Usage: losses.is_one_hot(y_true)
     """
-    class_ids = ops.arange(ops.shape(y_true)[-1], dtype=y_true.dtype)
-    labels = ops.cast(ops.round(ops.matmul(y_true, class_ids[:, None])[:, 0]), "int32")
+    return len(y_true.shape) == 2 and y_true.shape[-1] != 1
+
+
+def class_labels(y_true):
+    """int32 labels `(batch,)` from integer labels `(batch,)` / `(batch, 1)` or one-hot rows `(batch, classes)`.
+
+    One-hot rows are read as `y_true @ [0, 1, ..., classes - 1]`, exact, with no temporary of the logits' size
+    (Keras' argmax builds several).
+    Usage: labels = losses.class_labels(y_true)
+    """
+    if not is_one_hot(y_true):
+        return ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    y_true = ops.cast(y_true, "float32")
+    class_ids = ops.arange(ops.shape(y_true)[-1], dtype="float32")
+    return ops.cast(ops.round(ops.matmul(y_true, class_ids[:, None])[:, 0]), "int32")
+
+
+def _target_indices(y_true):
+    """(batch, 2) indices `[row, label]` of the targets, from integer labels or one-hot rows."""
+    labels = class_labels(y_true)
     rows = ops.arange(ops.shape(labels)[0], dtype="int32")
     return ops.stack([rows, labels], axis=-1)
 
 
-def _split_feature_norm(y_true, y_pred):
-    """Cosines, feature norm and matching one-hot labels from a `NormDense(append_norm=True)` output.
+def _target_values(values, indices):
+    """`values[row, label]` for each `[row, label]` of `indices`: the target column of each sample."""
+    return ops.take_along_axis(values, indices[:, 1:], axis=-1)[:, 0]
 
-    The norm is read as the absolute value of the last column: our NormDense appends `+norm`, the original
-    Keras_insightface NormDense appends `-norm` (and its losses negate it back), so both layouts give the
-    same loss.
+
+def _softmax_cross_entropy(indices, logits, label_smoothing=0.0, from_logits=True):
+    """Per-sample categorical cross-entropy of `logits` against the targets at `indices`, as Keras defines it.
+
+    With label smoothing `ls` the targets are `one_hot * (1 - ls) + ls / classes`, so the loss is
+    `logsumexp(z) - (1 - ls) * z_target - ls / classes * sum(z)`. `from_logits=False` (probabilities) goes through
+    Keras' `categorical_crossentropy` on a one-hot made here.
     """
-    width, classes = y_pred.shape[-1], y_true.shape[-1]
-    if classes == width:
-        y_true = y_true[:, :-1]
-    elif classes != width - 1:
-        raise ValueError(
-            "feature-norm loss expects y_pred = NormDense(append_norm=True) output, one column wider than the "
-            "one-hot y_true; got y_true width {} and y_pred width {}".format(classes, width)
-        )
+    classes = logits.shape[-1]
+    if not from_logits:
+        one_hot = ops.one_hot(indices[:, 1], classes, dtype=logits.dtype)
+        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=False, label_smoothing=label_smoothing)
+    loss = ops.logsumexp(logits, axis=-1) - (1.0 - label_smoothing) * _target_values(logits, indices)
+    if label_smoothing:
+        loss = loss - label_smoothing / classes * ops.sum(logits, axis=-1)
+    return loss
+
+
+def _split_feature_norm(y_true, y_pred):
+    """Labels, cosines and feature norm from a `NormDense(append_norm=True)` output.
+
+    One-hot `y_true` has one column fewer than `y_pred` (the original's width) or the same width. The norm is read
+    as the absolute value of the last column: our NormDense appends `+norm`, the original Keras_insightface NormDense
+    appends `-norm` (and its losses negate it back), so both layouts give the same loss.
+    """
+    width = y_pred.shape[-1]
+    if is_one_hot(y_true):
+        classes = y_true.shape[-1]
+        if classes == width:
+            y_true = y_true[:, :-1]
+        elif classes != width - 1:
+            raise ValueError(
+                "feature-norm loss expects y_pred = NormDense(append_norm=True) output, one column wider than the "
+                "one-hot y_true; got y_true width {} and y_pred width {}".format(classes, width)
+            )
     return y_true, y_pred[:, :-1], ops.abs(y_pred[:, -1])
 
 
@@ -90,9 +132,9 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
     """Base of the margin losses: margined target cosine, `scale`, softmax cross-entropy.
 
     Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)`.
-    The target cosine is `sum(y_true * cos)` and the margin is added at the target index
-    (`scatter_update(..., reduction="add")`): measured, this keeps a single logits-size buffer
-    live through forward and backward, where gathers and slices keep two or three.
+    `y_true`: integer labels (or one-hot rows). The target cosine is gathered at the label and the margin is added
+    at the target index (`scatter_update(..., reduction="add")`), the cross-entropy is `logsumexp` minus the target
+    logit: no one-hot of the logits' size is made.
     """
 
     uses_feature_norm = False
@@ -108,12 +150,11 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         if self.uses_feature_norm:
             y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
         y_pred = self._cosines(y_pred)
-        target_cos = ops.sum(y_true * y_pred, axis=-1)
+        indices = _target_indices(y_true)
+        target_cos = _target_values(y_pred, indices)
         target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
-        logits = ops.scatter_update(y_pred, _target_indices(y_true), target_logit - target_cos, reduction="add")
-        loss = keras.losses.categorical_crossentropy(
-            y_true, logits * self._scale(y_true, y_pred), from_logits=self.from_logits, label_smoothing=self.label_smoothing
-        )
+        logits = ops.scatter_update(y_pred, indices, target_logit - target_cos, reduction="add")
+        loss = _softmax_cross_entropy(indices, logits * self._scale(y_true, y_pred), self.label_smoothing, self.from_logits)
         if self.uses_feature_norm:
             loss = loss + self._regularizer(feature_norm)
         return loss
@@ -206,7 +247,7 @@ class CosFaceLoss(_MarginSoftmaxLoss):
         return config
 
 
-def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scale, label_smoothing):
+def _curricular_cross_entropy(indices, cos, target_logit, hard_threshold, t, scale, label_smoothing):
     """Softmax cross-entropy of CurricularFace logits, with a hand-written gradient.
 
     Non-target cosines `c > hard_threshold` become `c * (t + c)`, the target column becomes
@@ -215,9 +256,8 @@ def _curricular_cross_entropy(y_true, cos, target_logit, hard_threshold, t, scal
     (t + 2c or 1)` directly. Measured at 100k classes, the step's peak is 2.2-2.5 logits-size
     buffers against 3.5 with autodiff of the same formula (docs/losses.md). `hard_threshold`
     (batch, 1) and `t` get no gradient.
-    Usage: per_sample = _curricular_cross_entropy(y_true, cos, target_logit, threshold, t, 64.0, 0.0)
+    Usage: per_sample = _curricular_cross_entropy(_target_indices(y_true), cos, target_logit, threshold, t, 64.0, 0.0)
     """
-    indices = _target_indices(y_true)
     smooth = label_smoothing / cos.shape[-1]
 
     def scaled_logits(cos, target_logit):
@@ -269,14 +309,15 @@ class CurricularFaceLoss(_MarginSoftmaxLoss):
         self.t = keras.Variable(0.0, trainable=False, dtype="float32", name="curricular_t", aggregation="mean")
 
     def call(self, y_true, y_pred):
-        target_cos = ops.sum(y_true * y_pred, axis=-1)
+        indices = _target_indices(y_true)
+        target_cos = _target_values(y_pred, indices)
         target_logit = ops.cast(combined_margin(target_cos, 1.0, self.margin, 0.0), y_pred.dtype)
         constant_cos = ops.stop_gradient(target_cos)
         t = self.alpha * self.t + (1.0 - self.alpha) * ops.mean(ops.cast(constant_cos, "float32"))
         self.t.assign(t)
         hard_threshold = ops.cos(ops.arccos(ops.clip(constant_cos, -1.0, 1.0)) + self.margin)
         return _curricular_cross_entropy(
-            y_true, y_pred, target_logit, ops.expand_dims(hard_threshold, -1), ops.cast(t, y_pred.dtype), self.scale, self.label_smoothing
+            indices, y_pred, target_logit, ops.expand_dims(hard_threshold, -1), ops.cast(t, y_pred.dtype), self.scale, self.label_smoothing
         )
 
     def get_config(self):
@@ -461,11 +502,51 @@ class AdaCosLoss(_MarginSoftmaxLoss):
 
 @_register
 def scale_softmax(y_true, y_pred, scale=64.0):
-    """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin.
+    """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin; integer (or one-hot) labels.
 
     Usage: model.compile(optimizer="adam", loss=losses.scale_softmax)
     """
-    return keras.losses.categorical_crossentropy(y_true, y_pred * scale, from_logits=True)
+    return _softmax_cross_entropy(_target_indices(y_true), y_pred * scale)
+
+
+@_register
+class OneHotLabels(keras.losses.Loss):
+    """A loss that wants one-hot targets (e.g. `keras.losses.CategoricalCrossentropy`), fed integer labels.
+
+    Integer labels become one-hot rows of width `num_classes` inside the step, on the device; one-hot `y_true`
+    passes through. `Train` wraps every loss that does not read integer labels itself (see `takes_integer_labels`).
+    Usage: loss = OneHotLabels(keras.losses.CategoricalCrossentropy(label_smoothing=0.1), num_classes=85742)
+    """
+
+    def __init__(self, loss, num_classes, **kwargs):
+        loss = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+        kwargs.setdefault("name", getattr(loss, "name", getattr(loss, "__name__", "one_hot_labels")))
+        super().__init__(**kwargs)
+        self.loss, self.num_classes = loss, int(num_classes)
+
+    def call(self, y_true, y_pred):
+        if not is_one_hot(y_true):
+            y_true = ops.one_hot(class_labels(y_true), self.num_classes, dtype=y_pred.dtype)
+        return self.loss.call(y_true, y_pred) if isinstance(self.loss, keras.losses.Loss) else self.loss(y_true, y_pred)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"loss": keras.saving.serialize_keras_object(self.loss), "num_classes": self.num_classes})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config, loss=keras.saving.deserialize_keras_object(config["loss"]))
+        return cls(**config)
+
+
+@_register
+def accuracy_without_norm(y_true, y_pred):
+    """Accuracy of a `NormDense(append_norm=True)` output (its last column is the feature norm), integer or one-hot
+    labels.  Usage: keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")
+    """
+    predicted = ops.cast(ops.argmax(y_pred[:, :-1], axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, class_labels(y_true)), "float32")
 
 
 @_register
@@ -560,16 +641,20 @@ def is_margin_loss(loss):
     return isinstance(loss, MARGIN_LOSSES) or any(function is ff for ff in COSINE_LOSS_FUNCTIONS)
 
 
+def takes_integer_labels(loss):
+    """True when `loss` reads integer class labels itself: the margin losses, `scale_softmax`, center and triplet
+    losses, Keras' sparse categorical cross-entropy, `OneHotLabels`. Any other loss gets one-hot rows.
+
+    Usage: loss = loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, num_classes)
+    """
+    own = (_MarginSoftmaxLoss, CenterLoss, _TripletLoss, OneHotLabels, keras.losses.SparseCategoricalCrossentropy)
+    function = getattr(loss, "func", loss)
+    return isinstance(loss, own) or is_margin_loss(loss) or function is keras.losses.sparse_categorical_crossentropy
+
+
 def needs_feature_norm(loss):
     """True when `loss` needs `NormDense(append_norm=True)` (MagFace, AdaFace).  Usage: needs_feature_norm(loss)"""
     return isinstance(loss, FEATURE_NORM_LOSSES)
-
-
-def _labels_from(y_true):
-    """Integer labels from one-hot `(batch, classes)` or integer `(batch,)` / `(batch, 1)` labels."""
-    if len(y_true.shape) == 2 and y_true.shape[-1] != 1:
-        return ops.argmax(y_true, axis=-1)
-    return ops.cast(ops.reshape(y_true, (-1,)), "int32")
 
 
 @_register
@@ -614,7 +699,7 @@ class CenterLoss(keras.losses.Loss):
             raise ValueError(
                 "CenterLoss: embeddings have {} features, expected emb_shape={}".format(y_pred.shape[-1], self.emb_shape)
             )
-        labels = ops.cast(_labels_from(y_true), "int32")
+        labels = class_labels(y_true)
         embeddings = ops.cast(y_pred, "float32")
         centers_batch = ops.stop_gradient(ops.take(self.centers, labels, axis=0))
         counts = ops.take(ops.bincount(labels, minlength=self.num_classes), labels)
@@ -682,7 +767,7 @@ def _cosine_similarity_matrix(embeddings):
 
 
 def _same_label_matrix(y_true):
-    labels = _labels_from(y_true)
+    labels = class_labels(y_true)
     return ops.equal(labels[:, None], labels[None, :])
 
 

@@ -11,7 +11,10 @@ from keras import ops
 
 from . import batchnorm, heads
 from .backbones import registry
-from .surgery import add_l2_regularizer_2_model, get_l2_regularizer_value, iter_layers, replace_ReLU_with_PReLU, set_batchnorm  # noqa: F401
+from .surgery import (  # noqa: F401
+    MIXED_PRECISION_POLICIES, add_l2_regularizer_2_model, get_l2_regularizer_value, iter_layers, mixed_precision_model, model_compute_policy,
+    replace_ReLU_with_PReLU, set_batchnorm,
+)
 
 
 

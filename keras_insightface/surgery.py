@@ -1,9 +1,11 @@
-"""Model surgery: walk nested layers, add L2 regularizers, swap activations, copy weights by layer name.
+"""Model surgery: walk nested layers, add L2 regularizers, swap activations, copy weights by layer name, change the
+dtype policy (mixed precision).
 
 Usage:
     from keras_insightface import surgery
     basic_model = surgery.add_l2_regularizer_2_model(basic_model, 1e-3, apply_to_batch_normal=True)
     basic_model = surgery.replace_ReLU_with_PReLU(basic_model)
+    basic_model = surgery.mixed_precision_model(basic_model, "mixed_bfloat16")
 """
 import keras
 
@@ -154,3 +156,43 @@ def add_input_normalization(model, mean, std):
 
     new_model = keras.models.clone_model(model, call_function=call_function)
     return _copy_weights_by_name(model, new_model)
+
+
+MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def model_compute_policy(model):
+    """The dtype policy name most weighted layers of `model` compute in ("float32", "mixed_bfloat16", ...).
+
+    Usage: surgery.model_compute_policy(basic_model)  # "mixed_bfloat16" for a basic model built under that policy
+    """
+    names = [layer.dtype_policy.name for layer in iter_layers(model) if layer.weights and not isinstance(layer, keras.Model)]
+    return max(set(names), key=names.count) if names else "float32"
+
+
+def mixed_precision_model(model, policy, layer_names=None):
+    """A copy of `model` (weights kept) whose layers in `layer_names` compute in `policy`; others keep theirs.
+
+    `layer_names` defaults to every layer but `embedding`, which stays float32 so a basic model takes float32 input
+    and gives float32 embeddings; heads (NormDense, softmax) are left out by the caller. Returns `model` itself when
+    those layers already use `policy`.
+    Usage: basic_model = surgery.mixed_precision_model(basic_model, "mixed_bfloat16")
+    """
+    if policy not in MIXED_PRECISION_POLICIES:
+        raise ValueError("mixed_precision must be one of {}, got {!r}".format(MIXED_PRECISION_POLICIES, policy))
+    if layer_names is None:
+        layer_names = {layer.name for layer in iter_layers(model) if layer.name != "embedding"}
+    layer_names = {name for name in layer_names if name != "embedding"}
+    converted = [layer for layer in iter_layers(model) if layer.name in layer_names and not isinstance(layer, (keras.Model, keras.layers.InputLayer))]
+    if all(layer.dtype_policy.name == policy for layer in converted):
+        return model
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name in layer_names:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone

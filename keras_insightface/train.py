@@ -90,9 +90,22 @@ def _embedding_sub_model(model, embedding_layer):
     return keras.Model(model.inputs[0], layer.output, name=model.name + "_basic")
 
 
-def _accuracy_without_norm(y_true, y_pred):
-    """Categorical accuracy of a head whose last column is the appended feature norm."""
-    return keras.metrics.categorical_accuracy(y_true, y_pred[:, :-1])
+def _global_mixed_policy():
+    """The global Keras dtype policy name when it is a mixed one (set by the user), else None."""
+    name = keras.mixed_precision.global_policy().name
+    return name if name.startswith("mixed_") else None
+
+
+def _loss_scaled(optimizer, policy):
+    """`optimizer` wrapped in Keras' dynamic loss scaling when computing in float16 (unchanged otherwise)."""
+    if policy != "mixed_float16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
+def _inner_optimizer(optimizer):
+    """The optimizer holding the learning rate and weight decay (unwraps a LossScaleOptimizer)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 class Train:
@@ -105,6 +118,11 @@ class Train:
             model=saved model file                            -> continue from the last saved model
         basic_model=None / layer name or index,
             model=model structure                             -> continue from a modified model
+
+    mixed_precision: "mixed_float16" / "mixed_bfloat16" (default: the global Keras policy when it is a mixed one): the
+        basic model computes in that policy, its `embedding` layer, the head and the losses in float32; float16
+        training wraps the optimizer in `keras.optimizers.LossScaleOptimizer`. A resumed model keeps the policy it
+        was saved with unless one is given.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -134,6 +152,7 @@ class Train:
         img_shape=None,
         seed=None,
         output_wd_multiply=None,
+        mixed_precision=None,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
@@ -156,7 +175,9 @@ class Train:
         self.image_per_class, self.seed = image_per_class, seed
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
+        self.mixed_precision = mixed_precision or _global_mixed_policy()
         self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
+        self.mixed_precision = models.model_compute_policy(self.basic_model)
         if pretrained:
             print(">>>> Loading pretrained weights:", pretrained)
             self.basic_model.load_weights(pretrained)
@@ -190,10 +211,12 @@ class Train:
         if isinstance(model, str):
             print(">>>> Load model from:", model)
             model_path, model = model, self._load_checkpoint_model(model, custom_objects)
+            model = self._in_mixed_precision(model, basic_model)
             if compile:
                 self.optimizer = _load_optimizer(self._resume_file("optimizer"), model_path, model, custom_objects)
-        elif model is not None and compile:
-            self.optimizer = getattr(model, "optimizer", None)
+        elif model is not None:
+            self.optimizer = getattr(model, "optimizer", None) if compile else None
+            model = self._in_mixed_precision(model, basic_model)
         if model is not None:
             self.model = model
             self._adopt_heads_of(model)
@@ -207,7 +230,14 @@ class Train:
             raise ValueError(
                 "basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model)
             )
-        return basic_model
+        return models.mixed_precision_model(basic_model, self.mixed_precision) if self.mixed_precision else basic_model
+
+    def _in_mixed_precision(self, model, embedding_layer):
+        """A full model whose basic-model layers (up to `embedding`) compute in `self.mixed_precision`; heads stay."""
+        if not self.mixed_precision:
+            return model
+        basic_layers = {layer.name for layer in _embedding_sub_model(model, embedding_layer).layers}
+        return models.mixed_precision_model(model, self.mixed_precision, layer_names=basic_layers)
 
     def _load_checkpoint_model(self, model_path, custom_objects):
         """Load a run's saved full model after `recover()` republished its last committed epoch."""
@@ -272,22 +302,22 @@ class Train:
     def _distill_output(self, embedding):
         teacher_emb = self.teacher_emb_shape
         if embedding.shape[-1] == teacher_emb:
-            return keras.layers.Identity(name="distill")(embedding)
+            return keras.layers.Identity(name="distill", dtype="float32")(embedding)
         if self.distill_map_layer is None or self.distill_map_layer.units != teacher_emb:
-            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer")
+            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer", dtype="float32")
         return self.distill_map_layer(embedding)
 
     def _build_model(self, loss_type, loss_top_k, append_norm, with_center, with_triplet, with_distill):
         """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
-            head = keras.layers.Identity(name=loss_type)
+            head = keras.layers.Identity(name=loss_type, dtype="float32")
         else:
             head = self._output_head(loss_type, loss_top_k, append_norm)
         outputs, kinds = [head(embedding)], ["label"]
         for name, enabled in (("center", with_center), ("triplet", with_triplet)):
             if enabled and loss_type != name:
-                outputs.append(keras.layers.Identity(name=name + "_embedding")(embedding))
+                outputs.append(keras.layers.Identity(name=name + "_embedding", dtype="float32")(embedding))
                 kinds.append("label")
         if with_distill:
             outputs.append(self._distill_output(embedding))
@@ -301,7 +331,7 @@ class Train:
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
         self._dataset_fast_forwarded = False
-        self.train_ds, self.steps_per_epoch = data.prepare_dataset(
+        self.train_ds, self.steps_per_epoch, self.classes = data.prepare_dataset_and_classes(
             data_path,
             batch_size=self.batch_size,
             img_shape=self.img_shape,
@@ -314,8 +344,7 @@ class Train:
         )
         label_spec = self.train_ds.element_spec[1]
         self.has_embeddings = isinstance(label_spec, tuple)
-        label_spec, emb_spec = label_spec if self.has_embeddings else (label_spec, None)
-        self.classes = int(label_spec.shape[-1])
+        emb_spec = label_spec[1] if self.has_embeddings else None
         self.teacher_emb_shape = int(emb_spec.shape[-1]) if emb_spec is not None else None
         print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
 
@@ -362,7 +391,8 @@ class Train:
         return self.center_loss
 
     def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
-        losses_list, weights = [loss], [1.0]
+        """Compile the model with the plan's losses; labels reach each loss as integers, one-hot where it wants them."""
+        losses_list, weights = [loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)], [1.0]
         if loss_type == "center":
             self.center_loss = loss
         if centerloss and loss_type != "center":
@@ -375,9 +405,9 @@ class Train:
             losses_list.append(losses.distiller_loss_cosine)
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
-        self.optimizer = self._optimizer_for_current_model(self.optimizer)
+        self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         if len(losses_list) == 1:
-            self.model.compile(optimizer=self.optimizer, loss=loss, metrics=metrics[0])
+            self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0])
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics)
 
@@ -385,9 +415,9 @@ class Train:
         if loss_type in EMBEDDING_TYPES:
             main = []
         elif isinstance(self.output_layer, models.NormDense) and self.output_layer.append_norm:
-            main = [keras.metrics.MeanMetricWrapper(_accuracy_without_norm, name="accuracy")]
+            main = [keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")]
         else:
-            main = ["accuracy"]
+            main = ["accuracy"]  # Keras picks the sparse accuracy for integer labels
         return [main] + [[] for _ in range(num_outputs - 1)]
 
     # ---------------------------------------------------------------- callbacks
@@ -407,9 +437,10 @@ class Train:
             self.run, self.my_hist, best_eval=self.my_evals[-1] if self.my_evals else None, center_loss=self.center_loss if uses_centers else None
         )
         callbacks = [lr_scheduler, *self.my_evals, self.my_hist, self.nan_guard, commit, self.gently_stop]
-        if hasattr(self.optimizer, "decoupled_weight_decay"):
+        optimizer = _inner_optimizer(self.optimizer)
+        if hasattr(optimizer, "decoupled_weight_decay"):
             is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
-            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, self.optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
+            callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
         return callbacks
 
     def _compiled_losses(self):

@@ -63,10 +63,9 @@ def test_integer_folders_map_to_their_integers(tmp_path):
     seen = 0
     for images, labels in ds:
         labels = np.asarray(labels)
-        assert labels.shape == (3, 11)
-        np.testing.assert_array_equal(labels.sum(axis=1), 1)
+        assert labels.shape == (3,) and labels.dtype == np.int32
         expected = [int(ids[image_id]) for image_id in ids_of(images)]
-        np.testing.assert_array_equal(labels.argmax(axis=1), expected)
+        np.testing.assert_array_equal(labels, expected)
         seen += len(labels)
     assert seen == 6
 
@@ -251,7 +250,7 @@ def test_random_status_3_crops_100x100_by_default_like_the_original(tmp_path, mo
 
     from keras_insightface import train
 
-    assert inspect.signature(data.prepare_dataset).parameters["random_crop"].default == (100, 100, 3)
+    assert inspect.signature(data.prepare_dataset_and_classes).parameters["random_crop"].default == (100, 100, 3)
     assert inspect.signature(train.Train).parameters["random_crop"].default == (100, 100, 3)
     calls = []
     monkeypatch.setattr(data, "_random_crop_resize", lambda images, seed, crop: calls.append(crop) or tf.cast(images, tf.float32))
@@ -303,7 +302,7 @@ def test_triplet_batches_hold_whole_groups(tmp_path):
     for _ in range(2):
         group_classes = []
         for images, labels in ds:
-            image_ids, labels = ids_of(images), np.asarray(labels).argmax(axis=1)
+            image_ids, labels = ids_of(images), np.asarray(labels)
             np.testing.assert_array_equal(labels, [int(ids[ii]) for ii in image_ids])
             pairs = image_ids.reshape(-1, 2)
             assert all(ids[aa] == ids[bb] and aa != bb for aa, bb in pairs), pairs
@@ -399,7 +398,7 @@ def test_npz_input_with_embeddings(tmp_path):
     for images, (labels, embs) in ds:
         image_ids = ids_of(images)
         np.testing.assert_allclose(np.asarray(embs), embeddings[image_ids].astype(np.float32))
-        np.testing.assert_array_equal(np.asarray(labels).argmax(axis=1), classes[image_ids])
+        np.testing.assert_array_equal(np.asarray(labels), classes[image_ids])
 
 
 def write_tfrecord(path, names, classes, embeddings):
@@ -425,10 +424,10 @@ def test_tfrecord_input_with_sidecar(tmp_path):
     assert steps == 2
     seen = []
     for images, (labels, embs) in ds:
-        assert embs.dtype == tf.float32 and embs.shape == (3, 8) and labels.shape == (3, 2)
+        assert embs.dtype == tf.float32 and embs.shape == (3, 8) and labels.shape == (3,)
         image_ids = ids_of(images)
         np.testing.assert_allclose(np.asarray(embs), embeddings[image_ids].astype(np.float32))
-        np.testing.assert_array_equal(np.asarray(labels).argmax(axis=1), classes[image_ids])
+        np.testing.assert_array_equal(np.asarray(labels), classes[image_ids])
         seen.extend(image_ids)
     assert sorted(seen) == list(range(6))
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -509,3 +510,73 @@ def test_registry_helpers():
     assert not losses.is_margin_loss(keras.losses.CategoricalCrossentropy())
     assert not losses.is_margin_loss(losses.CenterLoss(3, 2))
     assert [name for name, make in sorted(MARGIN_LOSS_FACTORIES.items()) if losses.needs_feature_norm(make())] == ["adaface", "magface"]
+
+
+# ---------- integer labels ----------
+LABEL_EQUIVALENCE_LOSSES = {
+    **MARGIN_LOSS_FACTORIES,
+    "arcface_ls": lambda: losses.ArcfaceLoss(scale=32.0, label_smoothing=0.1),
+    "curricular_ls": lambda: losses.CurricularFaceLoss(label_smoothing=0.1),
+    "scale_softmax": lambda: types.SimpleNamespace(call=losses.scale_softmax),  # run_loss calls .call
+    "batch_hard": lambda: losses.BatchHardTripletLoss(0.25),
+    "batch_all": lambda: losses.BatchAllTripletLoss(0.3),
+    "batch_all_hermans": lambda: losses.BatchAllTripletLossHermans(0.3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_EQUIVALENCE_LOSSES))
+def test_integer_and_one_hot_labels_give_the_same_loss(name):
+    one_hot, y_pred = make_batch(num_classes=7, extreme_targets=EXTREMES)
+    labels = one_hot.argmax(-1)
+    probe = LABEL_EQUIVALENCE_LOSSES[name]()
+    if losses.needs_feature_norm(probe):
+        y_pred = with_norm(y_pred, RNG.uniform(5, 120, len(y_pred)))
+    elif name.startswith("batch_"):
+        y_pred = RNG.normal(size=(len(labels), 5))  # embeddings
+    expected = run_loss(LABEL_EQUIVALENCE_LOSSES[name](), one_hot.astype("float32"), y_pred.astype("float32"))
+    for y_true in (labels.astype("int32"), labels[:, None].astype("int32")):
+        got = run_loss(LABEL_EQUIVALENCE_LOSSES[name](), y_true, y_pred.astype("float32"))  # fresh running statistics
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_center_loss_integer_and_one_hot_labels_agree():
+    centers = RNG.normal(size=(6, 4)).astype("float32")
+    labels = np.array([0, 2, 2, 5, 0, 2], dtype="int32")
+    embeddings = RNG.normal(size=(6, 4)).astype("float32")
+    results = []
+    for y_true in (np.eye(6, dtype="float32")[labels], labels, labels[:, None]):
+        loss = losses.CenterLoss(6, 4, alpha=0.5, factor=0.3)
+        loss.centers.assign(centers)
+        results.append((run_loss(loss, y_true, embeddings), loss.centers.numpy()))
+    for values, new_centers in results[1:]:
+        np.testing.assert_allclose(values, results[0][0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(new_centers, results[0][1], rtol=1e-6, atol=1e-6)
+
+
+def test_one_hot_labels_wrapper_feeds_keras_losses():
+    one_hot, cos = make_batch(num_classes=7)
+    keras_loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1, from_logits=True)
+    wrapped = losses.OneHotLabels(keras_loss, num_classes=7)
+    expected = softmax_ce(one_hot, cos, 0.1)  # NumPy
+    np.testing.assert_allclose(run_loss(wrapped, one_hot.argmax(-1).astype("int32"), cos), expected, rtol=1e-5)
+    np.testing.assert_allclose(run_loss(wrapped, one_hot, cos), expected, rtol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    assert restored.num_classes == 7 and restored.loss.get_config() == keras_loss.get_config()
+    assert losses.takes_integer_labels(losses.ArcfaceLoss()) and losses.takes_integer_labels(losses.scale_softmax)
+    assert not losses.takes_integer_labels(keras_loss)
+
+
+def test_margin_loss_trains_on_integer_labels_in_compiled_fit():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, NormDense(4, append_norm=True)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.MagFaceLoss())
+    x = RNG.normal(size=(16, 8)).astype("float32")
+    history = model.fit(x, RNG.integers(0, 4, 16).astype("int32"), batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_accuracy_without_norm_reads_integer_and_one_hot_labels():
+    y_pred = np.array([[0.9, 0.1, 0.0, 30.0], [0.1, 0.2, 0.7, 10.0], [0.5, 0.4, 0.1, 99.0]], dtype="float32")
+    labels = np.array([0, 1, 0], dtype="int32")
+    for y_true in (labels, np.eye(3, dtype="float32")[labels]):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(losses.accuracy_without_norm(y_true, y_pred)), [1, 0, 1])
