@@ -486,10 +486,10 @@ class AdaCosLoss(_MarginSoftmaxLoss):
 
     def _scale(self, y_true, y_pred):
         cos = ops.stop_gradient(ops.cast(y_pred, "float32"))
-        y_true = ops.cast(y_true, "float32")
-        theta = ops.sort(_theta(ops.sum(y_true * cos, axis=-1)))
+        target_cos = _target_values(cos, _target_indices(y_true))  # integer labels or one-hot rows
+        theta = ops.sort(_theta(target_cos))
         theta_med = ops.take(theta, ops.maximum(ops.shape(theta)[0] // 2 - 1, 0))
-        others = ops.sum((1.0 - y_true) * ops.exp(self.adaptive_scale * cos), axis=-1)
+        others = ops.sum(ops.exp(self.adaptive_scale * cos), axis=-1) - ops.exp(self.adaptive_scale * target_cos)
         scale = ops.log(ops.mean(others)) / ops.cos(ops.minimum(self.max_median, theta_med))
         self.adaptive_scale.assign(scale)
         return ops.cast(scale, y_pred.dtype)

@@ -514,7 +514,7 @@ def test_registry_helpers():
 
 # ---------- integer labels ----------
 LABEL_EQUIVALENCE_LOSSES = {
-    **MARGIN_LOSS_FACTORIES,
+    **{name: make for name, make in MARGIN_LOSS_FACTORIES.items() if name != "distill_kl"},  # its y_true is a teacher output
     "arcface_ls": lambda: losses.ArcfaceLoss(scale=32.0, label_smoothing=0.1),
     "curricular_ls": lambda: losses.CurricularFaceLoss(label_smoothing=0.1),
     "scale_softmax": lambda: types.SimpleNamespace(call=losses.scale_softmax),  # run_loss calls .call
