@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keras_insightface import data  # noqa: E402
+from keras_insightface import data, face_io  # noqa: E402
 from keras_insightface import data_distiller  # noqa: E402
 from keras_insightface import export  # noqa: E402
 from keras_insightface import model_interf  # noqa: E402
@@ -71,7 +71,7 @@ def make_teachers(name, work_dir, batch_size):
 
 
 def min_cosine(embeddings_a, embeddings_b):
-    normed_a, normed_b = (data_distiller.l2_normalize(np.asarray(ee, "float64")) for ee in (embeddings_a, embeddings_b))
+    normed_a, normed_b = (face_io.l2_normalize(ee) for ee in (embeddings_a, embeddings_b))
     return float(np.min(np.sum(normed_a * normed_b, axis=1)))
 
 
