@@ -123,6 +123,9 @@ class Train:
         basic model computes in that policy, its `embedding` layer, the head and the losses in float32; float16
         training wraps the optimizer in `keras.optimizers.LossScaleOptimizer`. A resumed model keeps the policy it
         was saved with unless one is given.
+    steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
+        batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
+        compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -153,10 +156,13 @@ class Train:
         seed=None,
         output_wd_multiply=None,
         mixed_precision=None,
+        steps_per_execution=1,
+        jit_compile="auto",
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
-        self._check_arguments(batch_size, output_weight_decay, lr_base)
+        self._check_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile)
+        self.steps_per_execution, self.jit_compile = steps_per_execution, jit_compile
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.batch_size = batch_size * self.num_replicas
@@ -197,13 +203,17 @@ class Train:
         self.nan_guard = myCallbacks.ExitOnNaN()
 
     @staticmethod
-    def _check_arguments(batch_size, output_weight_decay, lr_base):
+    def _check_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError("batch_size must be a positive integer, got {!r}".format(batch_size))
         if output_weight_decay < 0:
             raise ValueError("output_weight_decay must be >= 0, got {!r}".format(output_weight_decay))
         if lr_base <= 0:
             raise ValueError("lr_base must be > 0, got {!r}".format(lr_base))
+        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError("steps_per_execution must be a positive integer, got {!r}".format(steps_per_execution))
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError("jit_compile must be True, False or 'auto', got {!r}".format(jit_compile))
 
     # ---------------------------------------------------------------- models
     def _init_models(self, basic_model, model, compile, custom_objects):
@@ -406,10 +416,11 @@ class Train:
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
+        execution = {"steps_per_execution": self.steps_per_execution, "jit_compile": self.jit_compile}
         if len(losses_list) == 1:
-            self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0])
+            self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0], **execution)
         else:
-            self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics)
+            self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics, **execution)
 
     def _metrics(self, loss_type, num_outputs):
         if loss_type in EMBEDDING_TYPES:

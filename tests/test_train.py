@@ -227,3 +227,23 @@ def test_cosine_decay_on_batch_schedule(dataset):
     steps = tt.steps_per_epoch  # 32 images / batch 8 = 4 steps; the lr was last set at iteration steps - 1
     expected = 1e-5 + (0.01 - 1e-5) * (1 + np.cos(np.pi * (steps - 1) / 500)) / 2
     assert float(tt.optimizer.learning_rate.numpy()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_steps_per_execution_and_jit_compile_reach_compile_and_train_the_same(dataset):
+    """Two steps per execution run the same steps as one: the weights after an epoch agree."""
+    weights = {}
+    for steps_per_execution, jit_compile in ((1, False), (2, False), (2, True)):
+        keras.utils.set_random_seed(0)
+        tt = train.Train(dataset, "spe.h5", basic_model=tiny_basic_model(), batch_size=8, seed=0,
+                         steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+        tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)}])
+        assert tt.model.steps_per_execution == steps_per_execution and tt.model.jit_compile == jit_compile
+        weights[(steps_per_execution, jit_compile)] = np.concatenate([ww.ravel() for ww in tt.basic_model.get_weights()])
+    np.testing.assert_allclose(weights[(2, False)], weights[(1, False)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights[(2, True)], weights[(1, False)], rtol=1e-3, atol=1e-4)  # XLA reorders float math
+
+
+@pytest.mark.parametrize("kwargs", [{"steps_per_execution": 0}, {"jit_compile": "yes"}])
+def test_bad_execution_options_are_named(dataset, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        train.Train(dataset, "bad.h5", basic_model=tiny_basic_model(), batch_size=8, **kwargs)
