@@ -3,7 +3,9 @@
 
 Writes a temporary folder of 112x112 JPEG faces-sized images, then measures images per second of
   - plain decoding (read + decode_jpeg in a parallel tf.data map, batched, nothing else),
-  - data.prepare_dataset at random_status 0 and 2,
+  - data.prepare_dataset at random_status 0 and 2 over the folder,
+  - data.prepare_dataset at random_status 0 and 2 over the same images as TFRecord shards
+    (prepare_data.write_shards, 4 shards, as `prepare_data.py --tfrecord` writes them),
 all in one run on this machine. Prints one JSON object per measurement.
 Each is measured in interleaved rounds and the best round is reported, with the process CPU time per image
 and the fraction of plain decoding by wall time and by CPU time (the latter is steadier under other load).
@@ -14,6 +16,7 @@ Usage: python bench/data_pipeline.py [--images 10000] [--classes 100] [--batch_s
 import argparse
 import json
 import os
+import pathlib
 import sys
 import tempfile
 import time
@@ -22,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from keras_insightface import data  # noqa: E402
+from keras_insightface import data, prepare_data  # noqa: E402
 from bench_common import machine, write_images  # noqa: E402
 
 
@@ -31,6 +34,14 @@ def plain_decode_dataset(root, batch_size):
     decode = lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3)  # noqa: E731
     ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def write_shards_of(root, shards_dir, num_shards=4):
+    """The images of folder `root` as a TFRecord shard set in `shards_dir`, in folder scan order."""
+    paths = sorted(tf.io.gfile.glob(os.path.join(root, "*", "*.jpg")))
+    records = ((int(os.path.basename(os.path.dirname(path))), pathlib.Path(path).read_bytes()) for path in paths)
+    description, _ = prepare_data.write_shards(shards_dir, records, len(paths), shard_images=-(-len(paths) // num_shards))
+    prepare_data.write_description(shards_dir, description)
 
 
 def measure(ds, epochs):
@@ -58,10 +69,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "faces_112x112_folders")
         write_images(root, args.images, args.classes)
+        shards_dir = os.path.join(tmp, "faces_112x112_tfrecord")
+        write_shards_of(root, shards_dir)
         pipelines = {"plain_decode": plain_decode_dataset(root, args.batch_size)}
-        for random_status in (0, 2):
-            ds, _ = data.prepare_dataset(root, batch_size=args.batch_size, random_status=random_status, seed=0)
-            pipelines["prepare_dataset_random_status_{}".format(random_status)] = ds
+        for source, path in (("", root), ("tfrecord_shards_", shards_dir)):
+            for random_status in (0, 2):
+                ds, _ = data.prepare_dataset(path, batch_size=args.batch_size, random_status=random_status, seed=0)
+                pipelines["{}prepare_dataset_random_status_{}".format(source, random_status)] = ds
         for ds in pipelines.values():  # warm-up: tracing, XLA compilation, file cache
             measure(ds, 1)
         best = {name: (0.0, float("inf")) for name in pipelines}

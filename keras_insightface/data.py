@@ -10,6 +10,8 @@ Inputs:
     .npz      keys `image_names`, `image_classes` and optionally `embeddings` (teacher embeddings)
     .tfrecord examples with `image_names` (bytes), `image_classes` (int64), `embeddings` (raw bytes),
               described by the sidecar `<file>.tfrecord.json` (num_classes, total_images, emb_shape, dtype)
+    shards    `prepare_data.py --tfrecord` output: `train-00000-of-000NN.tfrecord` ... of (image bytes, label)
+              examples, described by `tfrecord_shards.json`; give the folder or that file
 """
 import hashlib
 import json
@@ -27,6 +29,11 @@ from .io_utils import atomic_path
 CACHE_SUFFIX = "_shuffle.npz"
 SIGNATURE_VERSION = "folder-scan-v1"
 TFRECORD_DTYPES = {"float16": tf.float16, "float32": tf.float32}
+SHARDS_DESCRIPTION = "tfrecord_shards.json"
+SHARDS_FORMAT = "keras_insightface-image-shards-v1"
+SHARD_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+DEFAULT_SHARD_SHUFFLE_BUFFER = 20000
+SHARD_CYCLE_LENGTH = 16  # shards read at once, interleaved record by record
 _CACHE_WARNED = set()
 
 
@@ -309,7 +316,12 @@ def make_augment(random_status=0, seed=None, random_cutout_mask_area=0.0):
 # ---------------------------------------------------------------- decoding
 def _load_image(path, img_shape):
     """Read and decode one image file to uint8 [H, W, 3], resized when its size differs from img_shape."""
-    image = face_io.decode_image_tf(tf.io.read_file(path))
+    return _decode_sized(tf.io.read_file(path), img_shape)
+
+
+def _decode_sized(contents, img_shape):
+    """Decode encoded image bytes to uint8 [H, W, 3], resized when the size differs from img_shape."""
+    image = face_io.decode_image_tf(contents)
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], img_shape))
     image = tf.cond(
         same_size,
@@ -435,6 +447,83 @@ def _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed):
     return ds.enumerate(), parse
 
 
+def shard_file_name(index, num_shards):
+    """`train-00003-of-00012.tfrecord` for shard 3 of 12.  Usage: shard_file_name(0, 1)"""
+    return "train-{:05d}-of-{:05d}.tfrecord".format(index, num_shards)
+
+
+def shard_description_path(data_path):
+    """The description file of a TFRecord shard set given as its folder or as the file itself, else None.
+
+    A folder holding `train-*-of-*.tfrecord` shards without the description is an interrupted conversion: an error.
+    Usage: shard_description_path("/datasets/faces_emore_112x112_tfrecord")
+    """
+    if os.path.basename(data_path) == SHARDS_DESCRIPTION:
+        return data_path
+    if not os.path.isdir(data_path):
+        return None
+    description = os.path.join(data_path, SHARDS_DESCRIPTION)
+    if os.path.isfile(description):
+        return description
+    with os.scandir(data_path) as entries:
+        if any(entry.name.startswith("train-") and entry.name.endswith(".tfrecord") for entry in entries):
+            raise FileNotFoundError("{}: TFRecord shards without their description {}: the conversion did not finish; "
+                                    "run prepare_data.py --tfrecord again".format(data_path, SHARDS_DESCRIPTION))
+    return None
+
+
+def read_shard_description(description_path):
+    """The checked description of a shard set and the shard paths: every shard listed is there with the size recorded.
+
+    Usage: info, paths = read_shard_description("/datasets/faces_emore_112x112_tfrecord/tfrecord_shards.json")
+    """
+    if not os.path.isfile(description_path):
+        raise FileNotFoundError("{}: the TFRecord shard description is missing; write the shards with prepare_data.py --tfrecord".format(description_path))
+    with open(description_path) as ff:
+        info = json.load(ff)
+    missing = [key for key in ("format", "num_classes", "total_images", "shards") if key not in info]
+    if missing or info["format"] != SHARDS_FORMAT:
+        raise ValueError("{}: not a {} description (missing {})".format(description_path, SHARDS_FORMAT, missing or "the format"))
+    folder, paths = os.path.dirname(os.path.abspath(description_path)), []
+    for shard in info["shards"]:
+        path = os.path.join(folder, shard["file"])
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size != shard["bytes"]:
+            raise ValueError("{}: {} where the description {} records {} bytes: the shard is missing, truncated or changed; "
+                             "run prepare_data.py --tfrecord again".format(path, "absent" if size is None else "{} bytes".format(size),
+                                                                          description_path, shard["bytes"]))
+        paths.append(path)
+    if sum(shard["images"] for shard in info["shards"]) != info["total_images"]:
+        raise ValueError("{}: the shards hold {} images, total_images says {}".format(
+            description_path, sum(shard["images"] for shard in info["shards"]), info["total_images"]))
+    return info, paths
+
+
+def _parse_shard_record(record):
+    """A serialized shard example -> (encoded image bytes, int64 label)."""
+    example = tf.io.parse_single_example(record, SHARD_FEATURES)
+    return example["image"], example["label"]
+
+
+def _shard_records(paths, shuffled, shuffle_buffer_size, seed_ds):
+    """The records of a shard set: in file order, or per epoch (seed pairs from `seed_ds`) in a shuffled shard
+    order, interleaved record by record from SHARD_CYCLE_LENGTH shards, through a seeded shuffle buffer."""
+    files = tf.constant(paths)
+    if not shuffled:
+        return tf.data.TFRecordDataset(files)
+
+    def epoch(seed):
+        seeds = tf.random.experimental.stateless_split(seed, num=2)
+        order = tf.gather(files, tf.random.experimental.stateless_shuffle(tf.range(len(paths)), seeds[0]))
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(paths), SHARD_CYCLE_LENGTH), block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        buffer_seed = tf.random.stateless_uniform([], seeds[1], minval=None, maxval=None, dtype=tf.int64)
+        return records.shuffle(shuffle_buffer_size, seed=buffer_seed)
+
+    return seed_ds.take(1).flat_map(epoch)
+
+
 def _table_lookup(tables):
     """The fetcher `indices -> (path(s), label(s)[, embedding(s)])` over in-memory tables."""
     tables = [tf.constant(table) for table in tables if table is not None]
@@ -540,18 +629,30 @@ def prepare_dataset_and_classes(
     >= 100 do not crop, as the original). `random_cutout_mask_area` (0..1) fills the lower part of that share of the
     training images with gray, the original's mask stand-in (`cutout_lower_part`). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
-    images. Unreadable images are skipped with a printed count.
+    images. Unreadable images are skipped with a printed count. `data_path` is a folder, a `.npz`, a distiller
+    `.tfrecord`, or a `prepare_data.py --tfrecord` shard set (its folder or `tfrecord_shards.json`): the shard order,
+    the record-by-record interleave of SHARD_CYCLE_LENGTH shards and a shuffle buffer of `shuffle_buffer_size`
+    (default min(images, DEFAULT_SHARD_SHUFFLE_BUFFER)) are all seeded per epoch from `seed`.
     Usage: ds, steps_per_epoch, num_classes = prepare_dataset_and_classes("faces_112x112_folders", batch_size=512)
     """
     data_path = os.fspath(data_path)
     img_shape = tuple(int(ii) for ii in img_shape[:2])
     image_per_class = int(image_per_class or 0)
-    if image_per_class and (cache or data_path.endswith(".tfrecord")):
+    shard_description = shard_description_path(data_path)
+    if image_per_class and (cache or data_path.endswith(".tfrecord") or shard_description):
         raise ValueError("image_per_class={} works with a folder or npz dataset without cache".format(image_per_class))
     order_seeds, augment_seeds = (_seed_pairs(seed, offset) for offset in (0, 1))
     loader = _load_group if image_per_class else _load_image
 
-    if data_path.endswith(".tfrecord"):
+    if shard_description:
+        info, paths = read_shard_description(shard_description)
+        num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
+        num_positions = num_images
+        _check_learnable(data_path, None, num_classes, is_train)
+        _check_batching(num_images, batch_size, 0, data_path)
+        buffer_size = shuffle_buffer_size or min(num_images, DEFAULT_SHARD_SHUFFLE_BUFFER)
+        ds, fetch, loader = _shard_records(paths, is_train and not cache, buffer_size, order_seeds).enumerate(), _parse_shard_record, _decode_sized
+    elif data_path.endswith(".tfrecord"):
         info = _read_sidecar(data_path)
         num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
         num_positions = num_images

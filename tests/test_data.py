@@ -479,3 +479,74 @@ def make_image_folder_for_cutout(tmp_path):
     for class_name in ("0", "1"):
         write_gray(os.path.join(root, class_name, "0.png"), 100, size=(20, 20))
     return root
+
+
+# ---------------------------------------------------------------- prepare_data.py --tfrecord shard sets
+FIXTURE_REC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces_rec")
+
+
+@pytest.fixture(scope="module")
+def fixture_shards_and_folders(tmp_path_factory):
+    """The mxnet fixture converted both ways: (shard folder, image folder)."""
+    from keras_insightface import prepare_data
+
+    dataset_dir = tmp_path_factory.mktemp("rec") / "faces_rec"
+    dataset_dir.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        (dataset_dir / name).write_bytes(open(os.path.join(FIXTURE_REC, name), "rb").read())
+    return prepare_data.write_tfrecord_shards(dataset_dir, shard_images=7), prepare_data.extract_recordio(dataset_dir)
+
+
+def labelled_images(ds):
+    """[(label, image bytes)] of every image of a dataset."""
+    return [(int(label), image.tobytes()) for images, labels in ds for image, label in zip(np.asarray(images), np.asarray(labels))]
+
+
+def test_shards_give_the_images_of_the_folder(fixture_shards_and_folders):
+    shards, folders = fixture_shards_and_folders
+    from_shards, _ = data.prepare_dataset(shards, batch_size=4, is_train=False)
+    from_folders, _ = data.prepare_dataset(folders, batch_size=4, is_train=False)
+    pairs = labelled_images(from_shards)
+    assert len(pairs) == 30 and sorted(pairs) == sorted(labelled_images(from_folders))
+
+
+def test_shard_order_is_seeded_per_epoch(fixture_shards_and_folders):
+    shards, _ = fixture_shards_and_folders
+
+    def epochs(path, seed):
+        ds, _ = data.prepare_dataset(path, batch_size=4, random_status=0, seed=seed, shuffle_buffer_size=8)
+        return [[label for label, _ in labelled_images(ds)] for _ in range(2)]
+
+    first = epochs(shards, 5)
+    assert first == epochs(os.path.join(shards, data.SHARDS_DESCRIPTION), 5)
+    assert first[0] != first[1] and first != epochs(shards, 6)
+    assert len(first[0]) == 28 and sorted(first[0]) != first[0]
+
+
+def test_truncated_shard_and_missing_description_are_named(fixture_shards_and_folders, tmp_path):
+    shards, _ = fixture_shards_and_folders
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for name in os.listdir(shards):
+        (copy / name).write_bytes(open(os.path.join(shards, name), "rb").read())
+    shard = copy / data.shard_file_name(1, 5)
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="train-00001-of-00005.tfrecord.*truncated"):
+        data.prepare_dataset(str(copy), batch_size=4)
+    (copy / data.SHARDS_DESCRIPTION).unlink()
+    with pytest.raises(FileNotFoundError, match="without their description"):
+        data.prepare_dataset(str(copy), batch_size=4)
+    with pytest.raises(FileNotFoundError, match="description is missing"):
+        data.prepare_dataset(str(copy / data.SHARDS_DESCRIPTION), batch_size=4)
+
+
+def test_corrupt_shard_image_is_skipped_and_counted(tmp_path, capfd):
+    from keras_insightface import prepare_data
+
+    good = cv2.imencode(".jpg", np.full((16, 16, 3), 100, np.uint8))[1].tobytes()
+    records = [(ii % 2, good) for ii in range(9)] + [(1, good[: len(good) // 2])]
+    description, _ = prepare_data.write_shards(str(tmp_path), iter(records), len(records), shard_images=4)
+    prepare_data.write_description(str(tmp_path), description)
+    ds, _ = data.prepare_dataset(str(tmp_path), batch_size=4, img_shape=SIZE, is_train=False)
+    assert sum(len(xx) for xx, _ in ds) == 9
+    assert sum(int(nn) for nn in re.findall(r"skipped (\d+) unreadable", capfd.readouterr().err)) == 1

@@ -484,3 +484,54 @@ def test_cli_is_executable_and_the_flat_name_is_the_package_module():
         assert ff.readline() == "#!/usr/bin/env python3\n"
     code = "import prepare_data, keras_insightface.prepare_data as package_module; assert prepare_data is package_module"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
+
+
+# ---- TFRecord shards (--tfrecord) -------------------------------------------------------------------------
+
+
+def shard_pairs(save_dir):
+    """[(label, sha256 of the image bytes)] of every record of the shards listed in the description, in order."""
+    import tensorflow as tf
+
+    with open(os.path.join(save_dir, "tfrecord_shards.json")) as ff:
+        files = [os.path.join(save_dir, shard["file"]) for shard in json.load(ff)["shards"]]
+    pairs = []
+    for record in tf.data.TFRecordDataset(files):
+        example = tf.train.Example.FromString(record.numpy())
+        image = example.features.feature["image"].bytes_list.value[0]
+        pairs.append((example.features.feature["label"].int64_list.value[0], hashlib.sha256(image).hexdigest()))
+    return pairs
+
+
+def test_tfrecord_shards_hold_the_records_of_the_folder_extraction(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    shards_dir = prepare_data.write_tfrecord_shards(dataset_dir, shard_images=8)
+    assert shards_dir == str(dataset_dir) + "_112x112_tfrecord"
+    pairs = shard_pairs(shards_dir)
+    assert pairs == [(rr["label"], rr["sha256"]) for rr in EXPECTED["records"]]  # mxnet's own record order
+    folders = prepare_data.extract_recordio(dataset_dir)
+    assert sorted(pairs) == sorted((int(path.split("/")[0]), sha) for path, sha in image_files(folders).items())
+    with open(os.path.join(shards_dir, "tfrecord_shards.json")) as ff:
+        description = json.load(ff)
+    assert [shard["images"] for shard in description["shards"]] == [8, 8, 8, 6]
+    assert [shard["file"] for shard in description["shards"]][-1] == "train-00003-of-00004.tfrecord"
+    assert (description["num_classes"], description["total_images"], description["height"], description["width"]) == (
+        EXPECTED["num_classes"], EXPECTED["num_images"], 112, 112)
+
+
+def test_tfrecord_description_is_written_only_after_the_counts_check(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    (dataset_dir / "property").write_text("7,112,112")
+    with pytest.raises(ValueError, match="num_classes=7"):
+        prepare_data.write_tfrecord_shards(dataset_dir, shard_images=8)
+    shards_dir = str(dataset_dir) + "_112x112_tfrecord"
+    assert os.listdir(shards_dir) and not os.path.exists(os.path.join(shards_dir, "tfrecord_shards.json"))
+    (dataset_dir / "property").write_text("6,112,112")
+    prepare_data.write_tfrecord_shards(dataset_dir, shard_images=8)  # a rerun converts again and completes
+    assert len(shard_pairs(shards_dir)) == EXPECTED["num_images"]
+
+
+def test_tfrecord_cli_refuses_limit(tmp_path, capsys):
+    dataset_dir = copy_fixture(tmp_path)
+    assert prepare_data.main(["-D", str(dataset_dir), "--tfrecord", "-L", "3"]) == 2
+    assert "--tfrecord" in capsys.readouterr().err
