@@ -736,12 +736,10 @@ def build_from_insightface(path, name=None, emb_shape=None, input_shape=(112, 11
         if name is None:
             raise WeightsMismatchError("{}: an IResNet with blocks per stage {}, which is none of {}".format(
                 path, description["depths"], ", ".join(sorted(models.list_models()))))
-        kwargs.setdefault("activation", "prelu")  # the seed's r-names default to ReLU; arcface_torch's IResNets are PReLU
-        basic_model = models.buildin_models(name, output_layer="E", use_bias=True, **common, **kwargs)
-    else:
-        backbone = mbf.MBF(input_shape=input_shape, scale=description["scale"], blocks=description["blocks"], name=name or description["arch"] or "mbf_custom",
-                           bn_momentum=bn_momentum, bn_epsilon=ARCFACE_TORCH_BN_EPSILON)
-        basic_model = models.buildin_models(backbone, output_layer="GDC", use_bias=False, **common, **kwargs)
+        return models.buildin_models(name, output_layer="E", use_bias=True, weights=path, **common, **kwargs)
+    backbone = mbf.MBF(input_shape=input_shape, scale=description["scale"], blocks=description["blocks"], name=name or description["arch"] or "mbf_custom",
+                       bn_momentum=bn_momentum, bn_epsilon=ARCFACE_TORCH_BN_EPSILON)
+    basic_model = models.buildin_models(backbone, output_layer="GDC", use_bias=False, **common, **kwargs)
     return load_insightface_weights(basic_model, path, name)
 
 

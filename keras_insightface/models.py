@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from . import batchnorm, heads
-from .backbones import registry
+from .backbones import registry, resnet
 from .surgery import (  # noqa: F401
     MIXED_PRECISION_POLICIES, add_l2_regularizer_2_model, get_l2_regularizer_value, iter_layers, mixed_precision_model, model_compute_policy,
     replace_ReLU_with_PReLU, set_batchnorm,
@@ -75,9 +75,6 @@ class NormDense(keras.layers.Layer):
         return config
 
 
-IRESNET_DEPTHS = ("r18", "r34", "r50", "r100", "r101", "r200")
-
-
 def buildin_models(
     stem_model,
     dropout=1,
@@ -124,7 +121,7 @@ def buildin_models(
     insightface_weights = None
     if convert_insightface.is_insightface_weights(weights):
         insightface_weights, weights = weights, None
-        if isinstance(stem_model, str) and stem_model.lower() in IRESNET_DEPTHS:  # arcface_torch's IResNets are PReLU ones
+        if isinstance(stem_model, str) and stem_model.lower() in resnet.STAGE_DEPTHS:  # arcface_torch's IResNets are PReLU ones
             kwargs.setdefault("activation", "prelu")
     if isinstance(stem_model, str):
         backbone = registry.get_backbone_builder(stem_model)(input_shape=input_shape, weights=weights, **kwargs)
