@@ -593,6 +593,16 @@ def accuracy_without_norm(y_true, y_pred):
 
 
 @_register
+def accuracy_after_embedding(y_true, y_pred, emb_shape=512):
+    """Accuracy of an `AcrTripLoss` output `concat([embedding, cosines])`: argmax over the columns after `emb_shape`.
+
+    Usage: keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=512)
+    """
+    predicted = ops.cast(ops.argmax(y_pred[:, emb_shape:], axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, class_labels(y_true)), "float32")
+
+
+@_register
 class MarginSoftmax(keras.losses.Loss):
     """The original Keras_insightface MarginSoftmax, on softmax probabilities (a "softmax" plan).
 

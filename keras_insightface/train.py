@@ -341,6 +341,18 @@ class Train:
         self.model = keras.Model(self.basic_model.inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
         self.output_kinds = kinds
 
+    def _with_embedding_and_cosines(self, loss):
+        """AcrTripLoss reads `concat([embedding, cosines])`: the model's first output becomes that concatenation."""
+        if not isinstance(loss, losses.AcrTripLoss):
+            return
+        embedding = self.basic_model.outputs[0]
+        if loss.emb_shape != embedding.shape[-1]:
+            raise ValueError("AcrTripLoss(emb_shape={}): the basic model's embedding has {} features; pass emb_shape={}".format(
+                loss.emb_shape, embedding.shape[-1], embedding.shape[-1]))
+        outputs = self.model.outputs
+        first = keras.layers.Concatenate(name="embedding_and_cosines", dtype="float32")([embedding, outputs[0]])
+        self.model = keras.Model(self.model.inputs[0], [first, *outputs[1:]] if len(outputs) > 1 else first, name=self.model.name)
+
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
         """(Re)build the training dataset, e.g. after sub-center cleaning.  Usage: tt.reset_dataset(new_npz)"""
@@ -435,6 +447,8 @@ class Train:
             losses_list.append(losses.distiller_loss_cosine)
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
+        if isinstance(loss, losses.AcrTripLoss):
+            metrics[0] = [keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=loss.emb_shape)]
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         execution = {"steps_per_execution": self.steps_per_execution, "jit_compile": self.jit_compile}
         if len(losses_list) == 1:
@@ -508,6 +522,7 @@ class Train:
         self.optimizer = self._resolve_optimizer(optimizer)
         append_norm = losses.needs_feature_norm(loss)
         self._build_model(loss_type, lossTopK, append_norm, bool(centerloss), bool(triplet), bool(distill))
+        self._with_embedding_and_cosines(loss)
         self.basic_model.trainable = not bottleneckOnly
         self._compile(loss, loss_type, centerloss, triplet, alpha, distill)
         print(

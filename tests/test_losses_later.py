@@ -188,3 +188,16 @@ def test_acr_trip_loss_against_the_originals_formula(label_smoothing):
     assert train.guess_loss_type(loss) == "arcface"
     with pytest.raises(ValueError, match="emb_shape=6"):
         run_loss(loss, labels, emb)
+
+
+def test_acr_trip_loss_trains_on_the_concatenated_output(dataset):
+    tt = train.Train(dataset, "acr.h5", basic_model=tiny_basic_model(), batch_size=8)
+    tt.train([{"loss": losses.AcrTripLoss(scale=16, emb_shape=16), "epoch": 1, "optimizer": "adam"}])
+    assert tt.model.output_shape == (None, 16 + 4)  # embedding, then the 4 cosines
+    history = tt.model.history.history
+    assert np.isfinite(history["loss"]).all() and 0 <= history["accuracy"][0] <= 1
+    y_pred = np.concatenate([np.full((3, 16), 9.0), np.eye(4)[[2, 0, 3]]], axis=1)  # argmax over all columns would be 0
+    accuracy = keras.ops.convert_to_numpy(losses.accuracy_after_embedding(np.array([2, 1, 3]), y_pred, emb_shape=16))
+    np.testing.assert_array_equal(accuracy, [1, 0, 1])
+    with pytest.raises(ValueError, match="AcrTripLoss\\(emb_shape=512\\): the basic model's embedding has 16 features"):
+        tt.train([{"loss": losses.AcrTripLoss(), "epoch": 1}], 1)
