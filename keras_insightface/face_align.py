@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cli
+from . import data
 from . import face_io
 from .io_utils import atomic_path
 
@@ -192,8 +193,6 @@ def detect_and_align_folder(detector, data_path, dest_path=None):
     Images without a face are left out and counted. `detector`: see load_detector.
     Usage: aligned_root = detect_and_align_folder("scrfd_10g_bnkps.onnx", "faces_raw/")
     """
-    from . import data
-
     detector = load_detector(detector)
     data_path = os.path.normpath(os.fspath(data_path))
     dest_path = dest_path or data_path + ALIGNED_SUFFIX
