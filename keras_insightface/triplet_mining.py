@@ -159,4 +159,5 @@ def offline_triplet_dataset(data_path, basic_model, samples_per_mining, batch_si
     finish = data._batch_finisher(augment, jit_compile=random_status < data.RANDAUGMENT_LEVEL, random_crop=crop, norm=norm)
     ds = tf.data.Dataset.zip(data._seed_pairs(seed, 1), ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = -(-3 * miner.pool_size // triplet_batch)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # a known epoch length for Keras' progress bar
     return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes
