@@ -360,7 +360,7 @@ class Train:
             return self._reset_offline_triplet_dataset(data_path)
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
-        self._dataset_fast_forwarded = False
+        self._dataset_fast_forwarded, self.triplet_miner = False, None
         self.train_ds, self.steps_per_epoch, self.classes = data.prepare_dataset_and_classes(
             data_path,
             batch_size=self.batch_size,
@@ -382,12 +382,12 @@ class Train:
         """samples_per_mining > 0: every epoch mines [anchor, positive, negative] triplets of a pool (triplet_mining)."""
         self.data_path, self.has_embeddings, self.teacher_emb_shape = data_path, False, None
         self.dataset_image_per_class = max(triplet_mining.MIN_IMAGE_PER_CLASS, self.image_per_class)
-        self.train_ds, self.steps_per_epoch, self.classes = triplet_mining.offline_triplet_dataset(
+        self.train_ds, self.steps_per_epoch, self.classes, self.triplet_miner = triplet_mining.offline_triplet_dataset(
             data_path, self.basic_model, self.samples_per_mining, batch_size=self.batch_size,
             image_per_class=self.dataset_image_per_class, img_shape=self.img_shape, random_status=self.random_status,
             random_crop=self.random_crop, random_cutout_mask_area=self.random_cutout_mask_area, seed=self.seed,
         )
-        self._dataset_fast_forwarded = True  # an iterator mines a pool: a resumed run draws its pools anew
+        self._dataset_fast_forwarded = True  # creating an iterator would mine a pool; _continue_from_epoch sets its epoch
         print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
 
     def _ensure_triplet_dataset(self):
@@ -552,6 +552,8 @@ class Train:
         for eval_callback in self.my_evals:
             previous = [acc for acc in self.my_hist.history.get(eval_callback.test_names, []) if acc is not None]
             eval_callback.max_accuracy = max([eval_callback.max_accuracy, *previous])
+        if self.triplet_miner is not None:
+            self.triplet_miner.epoch = initial_epoch
         if not self._dataset_fast_forwarded:
             # Each new iterator of the dataset draws the next epoch's shuffle and augmentation seeds.
             for _ in range(initial_epoch):

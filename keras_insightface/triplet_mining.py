@@ -8,7 +8,7 @@ augmented like any training batch, for `losses.OfflineTripletLoss` / `losses.Off
 
 Usage:
     from keras_insightface import triplet_mining
-    ds, steps_per_epoch, num_classes = triplet_mining.offline_triplet_dataset("faces_folders", basic_model, 2048, batch_size=96)
+    ds, steps_per_epoch, num_classes, miner = triplet_mining.offline_triplet_dataset("faces_folders", basic_model, 2048, batch_size=96)
     tt = train.Train("faces_folders", "m.h5", basic_model=basic_model, samples_per_mining=2048)   # the same, inside Train
 """
 import numpy as np
@@ -80,8 +80,9 @@ class OfflineTripletMiner:
         self.basic_model, self.image_names = basic_model, np.asarray(image_names).astype(str)
         self.image_classes = np.asarray(image_classes, "int64")
         self.image_per_class = max(MIN_IMAGE_PER_CLASS, int(image_per_class or 0))
-        self.img_shape, self.batch_size, self.norm, self.seed = tuple(img_shape[:2]), batch_size, norm, seed
-        self.epoch = 0
+        self.img_shape, self.batch_size, self.norm = tuple(img_shape[:2]), batch_size, norm
+        self.seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
+        self.epoch = 0  # the next pool's epoch: a resumed run sets it to its initial_epoch
         _, counts = np.unique(self.image_classes, return_counts=True)
         kept = counts[counts >= self.image_per_class]
         if len(kept) < 2:
@@ -95,8 +96,7 @@ class OfflineTripletMiner:
         self.pool_size = self.num_groups * self.image_per_class
 
     def _rng(self):
-        entropy = None if self.seed is None else [self.seed, self.epoch]
-        return np.random.default_rng(entropy)
+        return np.random.default_rng([self.seed, self.epoch])
 
     def pool_embeddings(self, pool):
         """L2-normalized embeddings of the pool's images by the current basic model, no augmentation."""
@@ -107,7 +107,8 @@ class OfflineTripletMiner:
         return face_io.l2_normalize(np.concatenate(embs), dtype="float32")
 
     def mine(self):
-        """One pool's triplets: flat int64 indices `[a, p, n, ...]` into image_names (3 * pool_size of them)."""
+        """One pool's triplets: flat int64 indices `[a, p, n, ...]` into image_names (3 * pool_size of them); the pool
+        depends only on (seed, epoch) and the basic model's weights, so a resumed run mines what an uninterrupted one did."""
         rng = self._rng()
         self.epoch += 1
         groups = class_groups(self.image_classes, self.image_per_class, rng)
@@ -116,18 +117,21 @@ class OfflineTripletMiner:
         return np.stack([pool, pool[positives], pool[negatives]], axis=1).ravel()
 
     def epoch_triplets(self):
-        yield from self.mine()
+        """Yields (epoch, flat index) for one pool: the epoch seeds that pool's augmentation."""
+        epoch = self.epoch
+        for index in self.mine():
+            yield epoch, index
 
 
 def offline_triplet_dataset(data_path, basic_model, samples_per_mining, batch_size=48, image_per_class=MIN_IMAGE_PER_CLASS,
                             img_shape=(112, 112), random_status=0, random_crop=data.DEFAULT_RANDOM_CROP,
                             random_cutout_mask_area=0.0, seed=None, norm=None):
     """Batches `(images, int32 labels)` of mined triplets, one pool per epoch (each iteration mines anew); the steps per
-    epoch `ceil(3 * pool / batch)`; the class count. The batch is `batch_size // 3 * 3` images (the last one of an epoch
+    epoch `ceil(3 * pool / batch)`; the class count; the miner (set `miner.epoch` to resume at an epoch). The batch is `batch_size // 3 * 3` images (the last one of an epoch
     may be smaller); images are augmented by `random_status` / `random_crop` / `random_cutout_mask_area` as
     `data.prepare_dataset` does, and normalized by `norm` (default the basic model's, see face_io.model_normalization).
     `data_path`: an image folder or an npz without teacher embeddings.
-    Usage: ds, steps_per_epoch, num_classes = offline_triplet_dataset("faces_folders", basic_model, 2048, batch_size=96)
+    Usage: ds, steps_per_epoch, num_classes, miner = offline_triplet_dataset("faces_folders", basic_model, 2048, batch_size=96)
     """
     if data.shard_description_path(data_path) or str(data_path).endswith(".tfrecord"):
         raise ValueError("samples_per_mining works with an image folder or npz dataset, got {}".format(data_path))
@@ -145,19 +149,21 @@ def offline_triplet_dataset(data_path, basic_model, samples_per_mining, batch_si
     fetch = data._table_lookup([miner.image_names, miner.image_classes])
     img_shape = tuple(int(ii) for ii in img_shape[:2])
 
-    def load(position, index):
+    def load(position, epoch_and_index):
+        epoch, index = epoch_and_index[0], epoch_and_index[1]
         path, label = fetch(index)
-        return position, data._load_image(path, img_shape), label
+        return epoch, position, data._load_image(path, img_shape), label
 
-    def first_position(positions, images, labels):
-        return positions[0], images, labels
+    def with_epoch_seed(epochs, positions, images, labels):
+        epoch_seed = tf.stack([tf.constant(miner.seed + 1, tf.int64), epochs[0]])
+        return epoch_seed, (positions[0], images, labels)
 
-    indices = tf.data.Dataset.from_generator(miner.epoch_triplets, output_signature=tf.TensorSpec([], tf.int64))
-    ds = indices.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(triplet_batch).map(first_position)
+    triplets = tf.data.Dataset.from_generator(miner.epoch_triplets, output_signature=tf.TensorSpec([2], tf.int64))
+    ds = triplets.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(triplet_batch).map(with_epoch_seed)
     augment = data.make_augment(random_status, seed, random_cutout_mask_area)
     crop = random_crop if data.RANDOM_CROP_LEVEL <= random_status < data.RANDAUGMENT_LEVEL else None
     finish = data._batch_finisher(augment, jit_compile=random_status < data.RANDAUGMENT_LEVEL, random_crop=crop, norm=norm)
-    ds = tf.data.Dataset.zip(data._seed_pairs(seed, 1), ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = -(-3 * miner.pool_size // triplet_batch)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # a known epoch length for Keras' progress bar
-    return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes
+    return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes, miner
