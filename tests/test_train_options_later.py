@@ -229,3 +229,17 @@ def test_teacher_embeddings_are_of_the_same_augmented_images(dataset):
     assert len(tt.model.outputs) == 2 and tt.output_kinds == ["label", "embedding"]
     with pytest.raises(ValueError, match="teacher_model_interf"):
         train.Train(dataset, "bad.h5", basic_model=tiny_basic_model(), batch_size=8, teacher_model_interf=42)
+
+
+def test_teacher_gets_the_images_normalized_its_own_way():
+    from keras_insightface import face_io
+
+    inputs = keras.Input((8, 8, 3))
+    nn = face_io.InputNormalization(*face_io.INSIGHTFACE_NORM)(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(nn)))
+    pixels = RNG.uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    student_inputs = (pixels - 127.5) / 128.0  # the student's KERAS_NORM
+    ds = tf.data.Dataset.from_tensors((student_inputs, np.arange(4, dtype="int32")))
+    images, (labels, embeddings) = next(iter(data.with_teacher_embeddings(ds, teacher, face_io.KERAS_NORM)))
+    np.testing.assert_array_equal(images, student_inputs)
+    np.testing.assert_allclose(embeddings, teacher((pixels - 127.5) / 127.5), rtol=1e-5, atol=1e-5)
