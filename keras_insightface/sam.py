@@ -73,8 +73,8 @@ class SAMModel(keras.Model):
         """`rho * g / (||g|| + 1e-12)` per variable, `||g||` the global norm; zeros when it is not finite (an overflow
         of float16 loss scaling, whose step the optimizer skips).  Usage: model.perturbations(gradients)"""
         norm = tf.linalg.global_norm(gradients)
-        scale = tf.where(tf.math.is_finite(norm), self.rho / (norm + _TINY_NORM), 0.0)
-        return [grad * tf.cast(scale, grad.dtype) for grad in gradients]
+        finite, scale = tf.math.is_finite(norm), self.rho / (norm + _TINY_NORM)
+        return [tf.where(finite, grad * tf.cast(scale, grad.dtype), tf.zeros_like(grad)) for grad in gradients]
 
     def _update_prototype_queues(self, y):
         from .models import NormDenseVPL

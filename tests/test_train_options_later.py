@@ -152,6 +152,19 @@ def test_train_sam_rho_trains_saves_and_resumes(dataset):
         train.Train(dataset, "bad.h5", basic_model=tiny_basic_model(), batch_size=8, sam_rho=-1)
 
 
+def test_sam_does_not_perturb_on_non_finite_gradients(dataset):
+    inputs = keras.Input((2,))
+    model = sam.SAMModel(inputs, keras.layers.Dense(1)(inputs), rho=0.1)
+    perturbations = model.perturbations([tf.constant([np.nan, 1.0]), tf.constant([np.inf])])
+    assert all(np.array_equal(pp.numpy(), np.zeros_like(pp.numpy())) for pp in perturbations)
+    np.testing.assert_allclose(model.perturbations([tf.constant([3.0, 0.0]), tf.constant([4.0])])[0], [0.06, 0.0], rtol=1e-6)
+    # float16 loss scaling overflows at first: those steps are skipped, the weights stay finite
+    tt = train.Train(dataset, "sam16.h5", basic_model=tiny_basic_model(), batch_size=8, sam_rho=0.05, mixed_precision="mixed_float16")
+    history = tt.train_single_scheduler(losses.ArcfaceLoss(scale=16), epoch=1, optimizer="sgd")
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(np.isfinite(weight).all() for weight in tt.model.get_weights())
+
+
 # ---------------------------------------------------------------- VPL
 def normalize(values, axis):
     return values / np.sqrt(np.maximum((values**2).sum(axis, keepdims=True), 1e-12))
