@@ -71,6 +71,15 @@ def test_pipeline_mixup_batches_are_mixtures_of_the_plain_batch(dataset):
     assert mixed_count > 0
 
 
+def test_mixup_refuses_prepared_embeddings_and_triplet_groups(dataset):
+    image_names, image_classes, _, _ = data.pre_process_folder(dataset)
+    np.savez("distill.npz", image_names=image_names, image_classes=image_classes, embeddings=np.ones((len(image_names), 8), "float32"))
+    with pytest.raises(ValueError, match="distill.npz: mixup_alpha=0.4 with prepared teacher embeddings"):
+        data.prepare_dataset_and_classes("distill.npz", batch_size=8, mixup_alpha=0.4)
+    with pytest.raises(ValueError, match="image_per_class=4"):
+        data.prepare_dataset_and_classes(dataset, batch_size=8, mixup_alpha=0.4, image_per_class=4)
+
+
 def numpy_soft_margin_loss(rows, cos, target_logit, scale, label_smoothing=0.0):
     """The original ArcfaceLoss / CosFaceLoss on label rows: margin where y != 0, categorical CE against the rows."""
     logits = np.where(rows != 0, target_logit(cos), cos) * scale
