@@ -350,8 +350,19 @@ class Train:
             layer = models.NormDense(
                 self.classes, kernel_regularizer=regularizer, loss_top_k=loss_top_k, append_norm=append_norm, name="NormDense", dtype="float32"
             )
+        self._carry_class_weights(self.output_layer, layer)
         self.output_layer, self.head_signature = layer, signature
         return layer
+
+    def _carry_class_weights(self, previous, layer):
+        """A new cosine head takes the previous one's class weights when their shapes agree (e.g. NormDense <->
+        NormDenseVPL, or append_norm changed), as the original reloads the previous head's weight."""
+        if not (isinstance(previous, models.NormDense) and isinstance(layer, models.NormDense)):
+            return
+        layer.build(self.basic_model.outputs[0].shape)
+        if tuple(layer.w.shape) == tuple(previous.w.shape):
+            print(">>>> Reload previous NormDense weight")
+            layer.w.assign(previous.w)
 
     def _distill_output(self, embedding):
         teacher_emb = self.teacher_emb_shape

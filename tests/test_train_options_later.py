@@ -229,6 +229,11 @@ def test_train_vpl_counts_steps_and_keeps_its_queue_across_resume(dataset):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(resumed.output_layer.queue_iters), queue_iters)
     resumed.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1}], 2)
     assert resumed.output_layer is not None and int(resumed.output_layer.iters.numpy()) == 3 * tt.steps_per_epoch
+    kernel = keras.ops.convert_to_numpy(resumed.output_layer.w)
+    resumed.vpl_start_iters = -1
+    plain = resumed._output_head("arcface", 1, False)  # without VPL: a NormDense taking the class weights
+    assert type(plain) is models.NormDense
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(plain.w), kernel)
 
 
 # ---------------------------------------------------------------- teacher_model_interf
