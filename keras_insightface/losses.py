@@ -686,7 +686,8 @@ def takes_soft_labels(loss):
     if isinstance(loss, (CurricularFaceLoss, DistillKLDivergenceLoss)):
         return False
     function = getattr(loss, "func", loss)
-    return isinstance(loss, (_MarginSoftmaxLoss, MarginSoftmax)) or function is scale_softmax or not takes_integer_labels(loss)
+    own = (_MarginSoftmaxLoss, MarginSoftmax, OneHotLabels)
+    return isinstance(loss, own) or function is scale_softmax or not takes_integer_labels(loss)
 
 
 def needs_feature_norm(loss):

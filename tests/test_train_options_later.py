@@ -113,6 +113,16 @@ def test_margin_losses_on_mixed_label_rows_match_the_original_formula(loss, targ
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
 
 
+def test_magface_on_mixed_label_rows_matches_the_original_formula():
+    rows, cos, norms = soft_rows(8, 6), RNG.uniform(-0.6, 0.95, (8, 6)), RNG.uniform(10, 110, 8)
+    margin = (0.45 + 0.35 * (norms - 10) / 100)[:, None]  # per sample, on every class of non-zero weight
+    expected = numpy_soft_margin_loss(rows, cos, lambda c: np.cos(np.arccos(c) + margin), 16.0)
+    expected += 35.0 * (norms / 110**2 + 1 / norms)
+    y_pred = np.concatenate([cos, norms[:, None]], axis=-1).astype("float32")
+    got = keras.ops.convert_to_numpy(losses.MagFaceLoss(scale=16.0).call(rows.astype("float32"), y_pred))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
+
+
 def test_train_with_mixup_trains_and_refuses_plans_needing_whole_labels(dataset):
     tt = train.Train(dataset, "mixup.h5", basic_model=tiny_basic_model(), batch_size=8, mixup_alpha=0.4, seed=0)
     images, rows = next(iter(tt.train_ds))
@@ -270,3 +280,12 @@ def test_teacher_gets_the_images_normalized_its_own_way():
     images, (labels, embeddings) = next(iter(data.with_teacher_embeddings(ds, teacher, face_io.KERAS_NORM)))
     np.testing.assert_array_equal(images, student_inputs)
     np.testing.assert_allclose(embeddings, teacher((pixels - 127.5) / 127.5), rtol=1e-5, atol=1e-5)
+
+
+def test_which_losses_take_soft_label_rows():
+    soft = [losses.ArcfaceLoss(), losses.MagFaceLoss(), losses.AdaCosLoss(num_classes=4), losses.scale_softmax, losses.MarginSoftmax(),
+            keras.losses.CategoricalCrossentropy(), losses.OneHotLabels(keras.losses.CategoricalCrossentropy(), 4)]
+    whole = [losses.CurricularFaceLoss(), losses.CenterLoss(4, 2), losses.BatchHardTripletLoss(), losses.DistillKLDivergenceLoss(),
+             keras.losses.SparseCategoricalCrossentropy()]
+    assert all(losses.takes_soft_labels(loss) for loss in soft)
+    assert not any(losses.takes_soft_labels(loss) for loss in whole)
