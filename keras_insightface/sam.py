@@ -8,7 +8,6 @@ Usage:
 """
 import keras
 import tensorflow as tf
-from keras.src.losses import loss as loss_module
 
 from . import losses
 
@@ -56,7 +55,7 @@ class SAMModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred, loss, scaled_loss = self._loss(x, y, sample_weight)
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch_size)
+        self._loss_tracker.update_state(_whole_batch_loss(loss), sample_weight=batch_size)
         gradients = [tf.zeros_like(var) if grad is None else grad for var, grad in zip(variables, tape.gradient(scaled_loss, variables))]
         perturbations = self.perturbations(gradients)
         for var, perturbation in zip(variables, perturbations):
@@ -92,6 +91,11 @@ class SAMModel(keras.Model):
         config = super().get_config()
         config["rho"] = self.rho
         return config
+
+
+def _whole_batch_loss(loss):
+    """The loss of the global batch: Keras divides each replica's loss by the replica count."""
+    return loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
 
 
 # Checkpoints in the legacy `.h5` format name a model by its class name only: this lets them load without
