@@ -32,6 +32,7 @@ from . import io_utils
 from . import losses
 from . import models
 from . import myCallbacks
+from . import partial_fc
 
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
 
@@ -126,6 +127,9 @@ class Train:
     steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
         batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
         compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
+    partial_fc_sample_rate: r in (0, 1): the cosine head is `partial_fc.NormDensePartialFC`, which scores every class of
+        the batch plus sampled negatives, `int(r * classes)` in all (None / 1.0: the dense NormDense). The original's
+        `partial_fc_split=K` is accepted and means r = 1 / K. See docs/partial_fc.md.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -158,11 +162,16 @@ class Train:
         mixed_precision=None,
         steps_per_execution=1,
         jit_compile="auto",
+        partial_fc_sample_rate=None,
+        partial_fc_split=0,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
         self._check_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile)
         self.steps_per_execution, self.jit_compile = steps_per_execution, jit_compile
+        self.partial_fc_sample_rate = partial_fc.sample_rate_of(partial_fc_sample_rate, partial_fc_split)
+        if self.partial_fc_sample_rate and jit_compile is True:
+            raise ValueError("partial_fc_sample_rate: the sampled head has a data-dependent width, which XLA (jit_compile=True) cannot compile")
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.batch_size = batch_size * self.num_replicas
@@ -272,7 +281,7 @@ class Train:
     def _adopt_heads_of(self, model):
         """Keep the output head and distill map layer of a loaded full model so their weights carry on."""
         for layer in model.layers:
-            if isinstance(layer, models.NormDense) or layer.name == "softmax":
+            if isinstance(layer, (models.NormDense, partial_fc.NormDensePartialFC)) or layer.name == "softmax":
                 self.output_layer = layer
             elif layer.name == "distill_emb_map_layer":
                 self.distill_map_layer = layer
@@ -289,18 +298,26 @@ class Train:
         layer = self.output_layer
         if layer is None:
             return None
+        if isinstance(layer, partial_fc.NormDensePartialFC):
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.sample_rate)
         if isinstance(layer, models.NormDense):
-            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm)
-        return ("softmax", layer.units, 1, False)
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, None)
+        return ("softmax", layer.units, 1, False, None)
 
     def _output_head(self, loss_type, loss_top_k, append_norm):
         """The classification layer for this plan: reused when unchanged, else built anew."""
-        signature = (loss_type, self.classes, loss_top_k, append_norm)
+        signature = (loss_type, self.classes, loss_top_k, append_norm, self.partial_fc_sample_rate)
         if signature == self.head_signature and self.output_layer is not None:
             return self.output_layer
-        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}".format(*signature))
+        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}, partial_fc_sample_rate={}".format(*signature))
         regularizer = self._output_regularizer()
-        if loss_type == "softmax":
+        if loss_type == "softmax" and self.partial_fc_sample_rate:
+            raise ValueError("partial_fc_sample_rate needs a cosine head (a margin loss or 'type': 'arcface'); this plan's loss is a softmax one")
+        if self.partial_fc_sample_rate:
+            layer = partial_fc.NormDensePartialFC(
+                self.classes, self.partial_fc_sample_rate, regularizer, loss_top_k, append_norm, seed=self.seed, name="NormDense", dtype="float32"
+            )
+        elif loss_type == "softmax":
             layer = keras.layers.Dense(self.classes, name="softmax", activation="softmax", kernel_regularizer=regularizer, dtype="float32")
         else:
             layer = models.NormDense(
@@ -324,7 +341,12 @@ class Train:
             head = keras.layers.Identity(name=loss_type, dtype="float32")
         else:
             head = self._output_head(loss_type, loss_top_k, append_norm)
-        outputs, kinds = [head(embedding)], ["label"]
+        inputs = [self.basic_model.inputs[0]]
+        if isinstance(head, partial_fc.NormDensePartialFC):
+            inputs.append(keras.Input((), dtype="int32", name="label"))
+            outputs, kinds = [head([embedding, inputs[1]])], ["label"]
+        else:
+            outputs, kinds = [head(embedding)], ["label"]
         for name, enabled in (("center", with_center), ("triplet", with_triplet)):
             if enabled and loss_type != name:
                 outputs.append(keras.layers.Identity(name=name + "_embedding", dtype="float32")(embedding))
@@ -332,7 +354,7 @@ class Train:
         if with_distill:
             outputs.append(self._distill_output(embedding))
             kinds.append("embedding")
-        self.model = keras.Model(self.basic_model.inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
+        self.model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
         self.output_kinds = kinds
 
     # ---------------------------------------------------------------- data
@@ -364,12 +386,12 @@ class Train:
 
     def _training_dataset(self):
         """Map dataset labels onto the model outputs: (x, y) or (x, (y, emb)) -> (x, targets)."""
-        kinds, has_embeddings = tuple(self.output_kinds), self.has_embeddings
+        kinds, has_embeddings, label_input = tuple(self.output_kinds), self.has_embeddings, len(self.model.inputs) > 1
 
         def to_targets(images, labels):
             label, embedding = labels if has_embeddings else (labels, None)
             targets = tuple(embedding if kind == "embedding" else label for kind in kinds)
-            return images, targets if len(targets) > 1 else targets[0]
+            return (images, label) if label_input else images, targets if len(targets) > 1 else targets[0]
 
         return self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -402,7 +424,7 @@ class Train:
 
     def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
         """Compile the model with the plan's losses; labels reach each loss as integers, one-hot where it wants them."""
-        losses_list, weights = [loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)], [1.0]
+        losses_list, weights = [self._main_loss(loss)], [1.0]
         if loss_type == "center":
             self.center_loss = loss
         if centerloss and loss_type != "center":
@@ -416,15 +438,28 @@ class Train:
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
+        if self._is_partial_fc():
+            partial_fc.rows_only(self.optimizer)
         execution = {"steps_per_execution": self.steps_per_execution, "jit_compile": self.jit_compile}
         if len(losses_list) == 1:
             self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0], **execution)
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics, **execution)
 
+    def _is_partial_fc(self):
+        return isinstance(self.output_layer, partial_fc.NormDensePartialFC) and self.output_layer in self.model.layers
+
+    def _main_loss(self, loss):
+        """The plan's loss as the head's output needs it: on a Partial FC output, integer labels, or one-hot."""
+        if self._is_partial_fc():
+            return partial_fc.PartialFCLoss(loss)
+        return loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)
+
     def _metrics(self, loss_type, num_outputs):
         if loss_type in EMBEDDING_TYPES:
             main = []
+        elif self._is_partial_fc():
+            main = [keras.metrics.MeanMetricWrapper(partial_fc.sampled_accuracy, name="accuracy", append_norm=self.output_layer.append_norm)]
         elif isinstance(self.output_layer, models.NormDense) and self.output_layer.append_norm:
             main = [keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")]
         else:
