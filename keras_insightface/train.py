@@ -622,9 +622,10 @@ class Train:
         print(">>>> Saved basic model:", path)
 
 
-def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0):
+def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0, partial_fc_sample_rate=None):
     """The built-in demo: generated identities (demo.py), a tiny backbone, an ArcFace schedule through `Train`.
 
+    partial_fc_sample_rate: train with the Partial FC head at that rate (None: the dense NormDense).
     Returns the best verification accuracy on pairs of held-out identities.
     Usage: python train.py --demo   (or run_demo("demo_data", epochs=6))
     """
@@ -634,6 +635,7 @@ def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0):
     tt = Train(
         train_dir, save_path="demo_tiny_arcface.h5", eval_paths=[bin_path], basic_model=basic_model,
         batch_size=batch_size, lr_base=0.01, lr_decay=0.5, lr_decay_steps=[epochs // 2 + 1], random_status=0, seed=seed,
+        partial_fc_sample_rate=partial_fc_sample_rate,
     )
     schedule = [
         {"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)},
@@ -652,13 +654,14 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="demo_data", help="Where the demo dataset is generated")
     parser.add_argument("--epochs", type=int, default=6, help="Demo training epochs (>= 2)")
     parser.add_argument("--batch_size", type=int, default=32, help="Demo batch size")
+    parser.add_argument("--partial_fc_sample_rate", type=float, default=None, help="Demo with the Partial FC head at this sample rate")
     args = parser.parse_args(argv)
     if not args.demo:
         parser.print_help()
         return 0
     if args.epochs < 2:
         parser.error("--epochs must be >= 2")
-    run_demo(args.data_dir, epochs=args.epochs, batch_size=args.batch_size)
+    run_demo(args.data_dir, epochs=args.epochs, batch_size=args.batch_size, partial_fc_sample_rate=args.partial_fc_sample_rate)
     return 0
 
 
