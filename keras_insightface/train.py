@@ -193,6 +193,8 @@ class Train:
         self.mixed_precision = mixed_precision or _global_mixed_policy()
         self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
         self.mixed_precision = models.model_compute_policy(self.basic_model)
+        if self.partial_fc_sample_rate is None and isinstance(self.output_layer, partial_fc.NormDensePartialFC):
+            self.partial_fc_sample_rate = self.output_layer.sample_rate  # a resumed Partial FC head keeps its rate
         if pretrained:
             print(">>>> Loading pretrained weights:", pretrained)
             self.basic_model.load_weights(pretrained)

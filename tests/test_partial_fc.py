@@ -183,10 +183,11 @@ def test_train_saves_and_resumes_like_an_uninterrupted_run(workdir):
     keras.utils.set_random_seed(0)
     first = train.Train(data_path, "part.h5", basic_model=tiny_basic_model(), **options)
     first.train(partial_fc_schedule()[:1], 0)
+    options.pop("partial_fc_sample_rate")  # a resumed Partial FC head keeps its rate
     resumed = train.Train(data_path, "part.h5", model=os.path.join("checkpoints", "part.h5"), **options)
     resumed.train(partial_fc_schedule()[1:], 1)
 
-    assert isinstance(resumed.output_layer, partial_fc.NormDensePartialFC)
+    assert isinstance(resumed.output_layer, partial_fc.NormDensePartialFC) and resumed.partial_fc_sample_rate == 0.3
     for expected, got in zip(whole.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     saved = keras.models.load_model(os.path.join("checkpoints", "part.h5"))
