@@ -190,11 +190,33 @@ def test_train_saves_and_resumes_like_an_uninterrupted_run(workdir):
     assert isinstance(resumed.output_layer, partial_fc.NormDensePartialFC) and resumed.partial_fc_sample_rate == 0.3
     for expected, got in zip(whole.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # In fit, too, a step leaves the rows outside its sample and their momentum bit-identical.
+    head, (inputs, labels) = resumed.output_layer, next(iter(resumed._training_dataset()))
+    index, _ = partial_fc.sample_classes(labels, 10, head.num_sample, np.array([head.seed, int(head.step.numpy())], np.int64))
+    others = np.setdiff1d(np.arange(10), np.asarray(index))
+    kernels = [v for v in [head.w, *resumed.optimizer.variables] if tuple(v.shape) == (10, 16)]
+    before = [np.array(v) for v in kernels]
+    resumed.model.train_on_batch(inputs, labels)
+    assert len(kernels) == 2 and not np.array_equal(np.array(head.w)[np.asarray(index)], before[0][np.asarray(index)])
+    for old, variable in zip(before, kernels):
+        np.testing.assert_array_equal(np.array(variable)[others], old[others])
+
     saved = keras.models.load_model(os.path.join("checkpoints", "part.h5"))
     assert saved.get_layer("NormDense").w.shape == (10, 16)  # the full kernel, one matrix
     basic = keras.models.load_model(os.path.join("checkpoints", "part_basic_model_latest.h5"))
     assert len(basic.inputs) == 1 and basic.output_shape == (None, 16)
     assert not any(isinstance(layer, partial_fc.NormDensePartialFC) for layer in basic.layers)
+
+
+def test_train_partial_fc_in_mixed_bfloat16_and_not_float16(workdir):
+    data_path = make_folder(workdir / "faces", num_classes=4)
+    plan = {"loss": losses.ArcfaceLoss(scale=16.0), "epoch": 1, "optimizer": keras.optimizers.SGD(0.05, momentum=0.9)}
+    tt = train.Train(data_path, "b.h5", basic_model=tiny_basic_model(), batch_size=4, partial_fc_sample_rate=0.5, mixed_precision="mixed_bfloat16")
+    tt.train([plan], 0)
+    assert np.isfinite(tt.my_hist.history["loss"]).all() and tt.output_layer.w.dtype == "float32"
+    tt = train.Train(data_path, "h.h5", basic_model=tiny_basic_model(), batch_size=4, partial_fc_sample_rate=0.5, mixed_precision="mixed_float16")
+    with pytest.raises(ValueError, match="mixed_float16"):
+        tt.train([dict(plan, optimizer=keras.optimizers.SGD(0.05, momentum=0.9))], 0)
 
 
 def test_train_refuses_a_softmax_plan_and_xla(workdir):
