@@ -137,7 +137,8 @@ def _split_feature_norm(y_true, y_pred):
 class _MarginSoftmaxLoss(keras.losses.Loss):
     """Base of the margin losses: margined target cosine, `scale`, softmax cross-entropy.
 
-    Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)`.
+    Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)` and
+    `_split_outputs` (what of `y_pred` is cosines, and the per-sample value handed to `_target_logit`).
     `y_true`: integer labels (or one-hot rows). The target cosine is gathered at the label and the margin is added
     at the target index (`scatter_update(..., reduction="add")`), the cross-entropy is `logsumexp` minus the target
     logit: no one-hot of the logits' size is made.
@@ -152,18 +153,22 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        feature_norm = None
-        if self.uses_feature_norm:
-            y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
+        y_true, y_pred, side_input = self._split_outputs(y_true, y_pred)
         y_pred = self._cosines(y_pred)
         indices = _target_indices(y_true)
         target_cos = _target_values(y_pred, indices)
-        target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
+        target_logit = ops.cast(self._target_logit(target_cos, side_input), y_pred.dtype)
         logits = ops.scatter_update(y_pred, indices, target_logit - target_cos, reduction="add")
         loss = _softmax_cross_entropy(indices, logits * self._scale(y_true, y_pred), self.label_smoothing, self.from_logits)
         if self.uses_feature_norm:
-            loss = loss + self._regularizer(feature_norm)
+            loss = loss + self._regularizer(side_input)
         return loss
+
+    def _split_outputs(self, y_true, y_pred):
+        """(labels, cosines, the per-sample value `_target_logit` reads): the feature norm when `uses_feature_norm`."""
+        if self.uses_feature_norm:
+            return _split_feature_norm(y_true, y_pred)
+        return y_true, y_pred, None
 
     def _cosines(self, y_pred):
         """The cosines the margin and the softmax work on; subclasses may clip them."""
@@ -230,6 +235,44 @@ class ArcfaceLossSimple(ArcfaceLoss):
         for key in ("margin1", "margin2", "margin3"):
             config.pop(key)
         config["margin"] = self.margin
+        return config
+
+
+@_register
+class AcrTripLoss(ArcfaceLossSimple):
+    """ArcFace and batch-hard triplet on one output `concat([embeddings, cosines])`, as the original Keras_insightface.
+
+    The first `emb_shape` columns of `y_pred` are the embeddings (the original: 512, fixed), the rest the NormDense
+    cosines. With `s` the cosine similarity of the L2-normalized embeddings, per anchor `p = min_{same label} s`
+    (the anchor included) and `n = max_{other label} s` (-1 when the batch has none), the triplet term
+    `max(0, n - p)` is subtracted from the ArcFace target logit `cos(theta + margin)` (`ArcfaceLossSimple`'s,
+    boundary rule included); then `scale` and softmax cross-entropy.
+    Usage: loss = AcrTripLoss(margin=0.5, scale=64.0, emb_shape=512)   # y_pred = concat([embedding, NormDense output])
+    """
+
+    def __init__(self, margin=0.5, scale=64.0, from_logits=True, label_smoothing=0, emb_shape=512, **kwargs):
+        super().__init__(margin, scale, from_logits, label_smoothing, **kwargs)
+        self.emb_shape = int(emb_shape)
+
+    def _split_outputs(self, y_true, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] <= self.emb_shape:
+            raise ValueError(
+                "AcrTripLoss: y_pred has {} columns; expected concat([embedding of emb_shape={}, cosines])".format(
+                    y_pred.shape[-1], self.emb_shape
+                )
+            )
+        embeddings, cosines = y_pred[:, : self.emb_shape], y_pred[:, self.emb_shape :]
+        same, sim = _same_label_matrix(y_true), _cosine_similarity_matrix(ops.cast(embeddings, "float32"))
+        hardest_pos = ops.min(ops.where(same, sim, 1.0), axis=-1)
+        hardest_neg = ops.max(ops.where(same, -1.0, sim), axis=-1)
+        return y_true, cosines, ops.maximum(hardest_neg - hardest_pos, 0.0)
+
+    def _target_logit(self, target_cos, triplet_term):
+        return super()._target_logit(target_cos, None) - ops.cast(triplet_term, target_cos.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["emb_shape"] = self.emb_shape
         return config
 
 
@@ -556,6 +599,16 @@ def accuracy_without_norm(y_true, y_pred):
 
 
 @_register
+def accuracy_after_embedding(y_true, y_pred, emb_shape=512):
+    """Accuracy of an `AcrTripLoss` output `concat([embedding, cosines])`: argmax over the columns after `emb_shape`.
+
+    Usage: keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=512)
+    """
+    predicted = ops.cast(ops.argmax(y_pred[:, emb_shape:], axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, class_labels(y_true)), "float32")
+
+
+@_register
 class MarginSoftmax(keras.losses.Loss):
     """The original Keras_insightface MarginSoftmax, on softmax probabilities (a "softmax" plan).
 
@@ -626,6 +679,7 @@ class DistillKLDivergenceLoss(keras.losses.Loss):
 MARGIN_LOSSES = (
     ArcfaceLoss,
     ArcfaceLossSimple,
+    AcrTripLoss,
     CosFaceLoss,
     CurricularFaceLoss,
     MagFaceLoss,

@@ -33,6 +33,7 @@ from . import losses
 from . import models
 from . import myCallbacks
 from . import partial_fc
+from . import triplet_mining
 
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
 
@@ -124,6 +125,9 @@ class Train:
         basic model computes in that policy, its `embedding` layer, the head and the losses in float32; float16
         training wraps the optimizer in `keras.optimizers.LossScaleOptimizer`. A resumed model keeps the policy it
         was saved with unless one is given.
+    samples_per_mining: N > 0 trains on mined triplets, the original's offline dataset: every epoch a pool of N images
+        (0 < N <= 1: that share) is embedded by the current basic model and each image is yielded as an anchor with its
+        hardest positive and negative, `[a, p, n, ...]`, for losses.OfflineTripletLoss (triplet_mining.py).
     steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
         batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
         compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
@@ -156,6 +160,7 @@ class Train:
         random_crop=data.DEFAULT_RANDOM_CROP,
         random_cutout_mask_area=0.0,
         image_per_class=0,
+        samples_per_mining=0,
         img_shape=None,
         seed=None,
         output_wd_multiply=None,
@@ -188,6 +193,7 @@ class Train:
         self.eval_freq, self.random_status, self.random_crop = eval_freq, random_status, random_crop
         self.random_cutout_mask_area = random_cutout_mask_area
         self.image_per_class, self.seed = image_per_class, seed
+        self.samples_per_mining = samples_per_mining
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
         self.mixed_precision = mixed_precision or _global_mixed_policy()
@@ -359,12 +365,28 @@ class Train:
         self.model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
         self.output_kinds = kinds
 
+    def _with_embedding_and_cosines(self, loss):
+        """AcrTripLoss reads `concat([embedding, cosines])`: the model's first output becomes that concatenation."""
+        if not isinstance(loss, losses.AcrTripLoss):
+            return
+        if self._is_partial_fc():
+            raise ValueError("AcrTripLoss reads the embedding beside every class's cosine: it does not run on the Partial FC head (partial_fc_sample_rate)")
+        embedding = self.basic_model.outputs[0]
+        if loss.emb_shape != embedding.shape[-1]:
+            raise ValueError("AcrTripLoss(emb_shape={}): the basic model's embedding has {} features; pass emb_shape={}".format(
+                loss.emb_shape, embedding.shape[-1], embedding.shape[-1]))
+        outputs = self.model.outputs
+        first = keras.layers.Concatenate(name="embedding_and_cosines", dtype="float32")([embedding, outputs[0]])
+        self.model = keras.Model(self.model.inputs[0], [first, *outputs[1:]] if len(outputs) > 1 else first, name=self.model.name)
+
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
         """(Re)build the training dataset, e.g. after sub-center cleaning.  Usage: tt.reset_dataset(new_npz)"""
+        if self.samples_per_mining:
+            return self._reset_offline_triplet_dataset(data_path)
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
-        self._dataset_fast_forwarded = False
+        self._dataset_fast_forwarded, self.triplet_miner = False, None
         self.train_ds, self.steps_per_epoch, self.classes = data.prepare_dataset_and_classes(
             data_path,
             batch_size=self.batch_size,
@@ -380,6 +402,18 @@ class Train:
         self.has_embeddings = isinstance(label_spec, tuple)
         emb_spec = label_spec[1] if self.has_embeddings else None
         self.teacher_emb_shape = int(emb_spec.shape[-1]) if emb_spec is not None else None
+        print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
+
+    def _reset_offline_triplet_dataset(self, data_path):
+        """samples_per_mining > 0: every epoch mines [anchor, positive, negative] triplets of a pool (triplet_mining)."""
+        self.data_path, self.has_embeddings, self.teacher_emb_shape = data_path, False, None
+        self.dataset_image_per_class = max(triplet_mining.MIN_IMAGE_PER_CLASS, self.image_per_class)
+        self.train_ds, self.steps_per_epoch, self.classes, self.triplet_miner = triplet_mining.offline_triplet_dataset(
+            data_path, self.basic_model, self.samples_per_mining, batch_size=self.batch_size,
+            image_per_class=self.dataset_image_per_class, img_shape=self.img_shape, random_status=self.random_status,
+            random_crop=self.random_crop, random_cutout_mask_area=self.random_cutout_mask_area, seed=self.seed,
+        )
+        self._dataset_fast_forwarded = True  # creating an iterator would mine a pool; _continue_from_epoch sets its epoch
         print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
 
     def _ensure_triplet_dataset(self):
@@ -439,6 +473,8 @@ class Train:
             losses_list.append(losses.distiller_loss_cosine)
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
+        if isinstance(loss, losses.AcrTripLoss):
+            metrics[0] = [keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=loss.emb_shape)]
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         if self._is_partial_fc():
             partial_fc.rows_only(self.optimizer)
@@ -525,6 +561,7 @@ class Train:
         self.optimizer = self._resolve_optimizer(optimizer)
         append_norm = losses.needs_feature_norm(loss)
         self._build_model(loss_type, lossTopK, append_norm, bool(centerloss), bool(triplet), bool(distill))
+        self._with_embedding_and_cosines(loss)
         self.basic_model.trainable = not bottleneckOnly
         self._compile(loss, loss_type, centerloss, triplet, alpha, distill)
         print(
@@ -554,6 +591,8 @@ class Train:
         for eval_callback in self.my_evals:
             previous = [acc for acc in self.my_hist.history.get(eval_callback.test_names, []) if acc is not None]
             eval_callback.max_accuracy = max([eval_callback.max_accuracy, *previous])
+        if self.triplet_miner is not None:
+            self.triplet_miner.epoch = initial_epoch
         if not self._dataset_fast_forwarded:
             # Each new iterator of the dataset draws the next epoch's shuffle and augmentation seeds.
             for _ in range(initial_epoch):
