@@ -100,6 +100,12 @@ def _target_values(values, indices):
     return ops.take_along_axis(values, indices[:, 1:], axis=-1)[:, 0]
 
 
+def _num_columns(values):
+    """The width of `values`: static when known, else a float tensor (a Partial FC sample's width varies by step)."""
+    width = values.shape[-1]
+    return width if width is not None else ops.cast(ops.shape(values)[-1], values.dtype)
+
+
 def _softmax_cross_entropy(indices, logits, label_smoothing=0.0, from_logits=True):
     """Per-sample categorical cross-entropy of `logits` against the targets at `indices`, as Keras defines it.
 
@@ -107,9 +113,9 @@ def _softmax_cross_entropy(indices, logits, label_smoothing=0.0, from_logits=Tru
     `logsumexp(z) - (1 - ls) * z_target - ls / classes * sum(z)`. `from_logits=False` (probabilities) goes through
     Keras' `categorical_crossentropy` on a one-hot made here.
     """
-    classes = logits.shape[-1]
+    classes = _num_columns(logits)
     if not from_logits:
-        one_hot = ops.one_hot(indices[:, 1], classes, dtype=logits.dtype)
+        one_hot = ops.one_hot(indices[:, 1], ops.shape(logits)[-1], dtype=logits.dtype)
         return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=False, label_smoothing=label_smoothing)
     loss = ops.logsumexp(logits, axis=-1) - (1.0 - label_smoothing) * _target_values(logits, indices)
     if label_smoothing:
@@ -325,7 +331,7 @@ def _curricular_cross_entropy(indices, cos, target_logit, hard_threshold, t, sca
     (batch, 1) and `t` get no gradient.
     Usage: per_sample = _curricular_cross_entropy(_target_indices(y_true), cos, target_logit, threshold, t, 64.0, 0.0)
     """
-    smooth = label_smoothing / cos.shape[-1]
+    smooth = label_smoothing / _num_columns(cos)
 
     def scaled_logits(cos, target_logit):
         modulated = cos * ops.where(cos > hard_threshold, t + cos, 1.0)

@@ -33,6 +33,7 @@ from . import losses
 from . import models
 from . import model_interf
 from . import myCallbacks
+from . import partial_fc
 from . import sam
 from . import triplet_mining
 
@@ -132,6 +133,17 @@ def _check_later_options(sam_rho, vpl_start_iters, vpl_allowed_delta):
     return float(sam_rho), vpl_start_iters, vpl_allowed_delta
 
 
+def _check_partial_fc_combination(partial_fc_sample_rate, mixup_alpha, sam_rho, vpl_start_iters):
+    """Partial FC samples classes from integer labels, with its own rows-only optimizer step: refuse what breaks that."""
+    if not partial_fc_sample_rate:
+        return
+    others = {"mixup_alpha": mixup_alpha > 0, "sam_rho": sam_rho > 0, "vpl_start_iters": vpl_start_iters > 0}
+    for name, enabled in others.items():
+        if enabled:
+            raise ValueError("partial_fc_sample_rate does not combine with {} (the sampled head needs integer labels and "
+                             "its rows-only optimizer step); use one of them".format(name))
+
+
 class Train:
     """Scheduler connecting basic model, output head, datasets, callbacks, losses and optimizers.
 
@@ -161,6 +173,9 @@ class Train:
     steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
         batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
         compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
+    partial_fc_sample_rate: r in (0, 1): the cosine head is `partial_fc.NormDensePartialFC`, which scores every class of
+        the batch plus sampled negatives, `int(r * classes)` in all (None / 1.0: the dense NormDense). The original's
+        `partial_fc_split=K` is accepted and means r = 1 / K. See docs/partial_fc.md.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -199,11 +214,16 @@ class Train:
         sam_rho=0,
         vpl_start_iters=-1,
         vpl_allowed_delta=200,
+        partial_fc_sample_rate=None,
+        partial_fc_split=0,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
         self._check_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile)
         self.steps_per_execution, self.jit_compile = steps_per_execution, jit_compile
+        self.partial_fc_sample_rate = partial_fc.sample_rate_of(partial_fc_sample_rate, partial_fc_split)
+        if self.partial_fc_sample_rate and jit_compile is True:
+            raise ValueError("partial_fc_sample_rate: the sampled head has a data-dependent width, which XLA (jit_compile=True) cannot compile")
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.batch_size = batch_size * self.num_replicas
@@ -223,11 +243,14 @@ class Train:
         self.samples_per_mining = samples_per_mining
         self.mixup_alpha, self.teacher = data.check_mixup_alpha(mixup_alpha), _load_teacher(teacher_model_interf)
         self.sam_rho, self.vpl_start_iters, self.vpl_allowed_delta = _check_later_options(sam_rho, vpl_start_iters, vpl_allowed_delta)
+        _check_partial_fc_combination(self.partial_fc_sample_rate, self.mixup_alpha, self.sam_rho, self.vpl_start_iters)
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
         self.mixed_precision = mixed_precision or _global_mixed_policy()
         self.basic_model = self._init_models(basic_model, model, compile, custom_objects)
         self.mixed_precision = models.model_compute_policy(self.basic_model)
+        if self.partial_fc_sample_rate is None and isinstance(self.output_layer, partial_fc.NormDensePartialFC):
+            self.partial_fc_sample_rate = self.output_layer.sample_rate  # a resumed Partial FC head keeps its rate
         if pretrained:
             print(">>>> Loading pretrained weights:", pretrained)
             self.basic_model.load_weights(pretrained)
@@ -316,7 +339,7 @@ class Train:
     def _adopt_heads_of(self, model):
         """Keep the output head and distill map layer of a loaded full model so their weights carry on."""
         for layer in model.layers:
-            if isinstance(layer, models.NormDense) or layer.name == "softmax":
+            if isinstance(layer, (models.NormDense, partial_fc.NormDensePartialFC)) or layer.name == "softmax":
                 self.output_layer = layer
             elif layer.name == "distill_emb_map_layer":
                 self.distill_map_layer = layer
@@ -333,19 +356,27 @@ class Train:
         layer = self.output_layer
         if layer is None:
             return None
+        if isinstance(layer, partial_fc.NormDensePartialFC):
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, False, layer.sample_rate)
         if isinstance(layer, models.NormDense):
-            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, isinstance(layer, models.NormDenseVPL))
-        return ("softmax", layer.units, 1, False, False)
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, isinstance(layer, models.NormDenseVPL), None)
+        return ("softmax", layer.units, 1, False, False, None)
 
     def _output_head(self, loss_type, loss_top_k, append_norm):
         """The classification layer for this plan: reused when unchanged, else built anew."""
         vpl = loss_type == "arcface" and self.vpl_start_iters > 0
-        signature = (loss_type, self.classes, loss_top_k, append_norm, vpl)
+        signature = (loss_type, self.classes, loss_top_k, append_norm, vpl, self.partial_fc_sample_rate)
         if signature == self.head_signature and self.output_layer is not None:
             return self.output_layer
-        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}, vpl={}".format(*signature))
+        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}, vpl={}, partial_fc_sample_rate={}".format(*signature))
         regularizer = self._output_regularizer()
-        if loss_type == "softmax":
+        if loss_type == "softmax" and self.partial_fc_sample_rate:
+            raise ValueError("partial_fc_sample_rate needs a cosine head (a margin loss or 'type': 'arcface'); this plan's loss is a softmax one")
+        if self.partial_fc_sample_rate:
+            layer = partial_fc.NormDensePartialFC(
+                self.classes, self.partial_fc_sample_rate, regularizer, loss_top_k, append_norm, seed=self.seed, name="NormDense", dtype="float32"
+            )
+        elif loss_type == "softmax":
             layer = keras.layers.Dense(self.classes, name="softmax", activation="softmax", kernel_regularizer=regularizer, dtype="float32")
         elif vpl:
             layer = models.NormDenseVPL(
@@ -385,7 +416,12 @@ class Train:
             head = keras.layers.Identity(name=loss_type, dtype="float32")
         else:
             head = self._output_head(loss_type, loss_top_k, append_norm)
-        outputs, kinds = [head(embedding)], ["label"]
+        inputs = [self.basic_model.inputs[0]]
+        if isinstance(head, partial_fc.NormDensePartialFC):
+            inputs.append(keras.Input((), dtype="int32", name="label"))
+            outputs, kinds = [head([embedding, inputs[1]])], ["label"]
+        else:
+            outputs, kinds = [head(embedding)], ["label"]
         for name, enabled in (("center", with_center), ("triplet", with_triplet)):
             if enabled and loss_type != name:
                 outputs.append(keras.layers.Identity(name=name + "_embedding", dtype="float32")(embedding))
@@ -393,7 +429,7 @@ class Train:
         if with_distill:
             outputs.append(self._distill_output(embedding))
             kinds.append("embedding")
-        self.model = self._training_model(self.basic_model.inputs[0], outputs, self.basic_model.name + "_train")
+        self.model = self._training_model(inputs if len(inputs) > 1 else inputs[0], outputs, self.basic_model.name + "_train")
         self.output_kinds = kinds
 
     def _training_model(self, inputs, outputs, name):
@@ -407,6 +443,8 @@ class Train:
         """AcrTripLoss reads `concat([embedding, cosines])`: the model's first output becomes that concatenation."""
         if not isinstance(loss, losses.AcrTripLoss):
             return
+        if self._is_partial_fc():
+            raise ValueError("AcrTripLoss reads the embedding beside every class's cosine: it does not run on the Partial FC head (partial_fc_sample_rate)")
         embedding = self.basic_model.outputs[0]
         if loss.emb_shape != embedding.shape[-1]:
             raise ValueError("AcrTripLoss(emb_shape={}): the basic model's embedding has {} features; pass emb_shape={}".format(
@@ -465,12 +503,12 @@ class Train:
 
     def _training_dataset(self):
         """Map dataset labels onto the model outputs: (x, y) or (x, (y, emb)) -> (x, targets)."""
-        kinds, has_embeddings = tuple(self.output_kinds), self.has_embeddings
+        kinds, has_embeddings, label_input = tuple(self.output_kinds), self.has_embeddings, len(self.model.inputs) > 1
 
         def to_targets(images, labels):
             label, embedding = labels if has_embeddings else (labels, None)
             targets = tuple(embedding if kind == "embedding" else label for kind in kinds)
-            return images, targets if len(targets) > 1 else targets[0]
+            return (images, label) if label_input else images, targets if len(targets) > 1 else targets[0]
 
         return self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -503,7 +541,7 @@ class Train:
 
     def _compile(self, loss, loss_type, centerloss, triplet, alpha, distill):
         """Compile the model with the plan's losses; labels reach each loss as integers, one-hot where it wants them."""
-        losses_list, weights = [loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)], [1.0]
+        losses_list, weights = [self._main_loss(loss)], [1.0]
         if loss_type == "center":
             self.center_loss = loss
         if centerloss and loss_type != "center":
@@ -519,15 +557,28 @@ class Train:
         if isinstance(loss, losses.AcrTripLoss):
             metrics[0] = [keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=loss.emb_shape)]
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
+        if self._is_partial_fc():
+            partial_fc.rows_only(self.optimizer)
         execution = {"steps_per_execution": self.steps_per_execution, "jit_compile": self.jit_compile}
         if len(losses_list) == 1:
             self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0], **execution)
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics, **execution)
 
+    def _is_partial_fc(self):
+        return isinstance(self.output_layer, partial_fc.NormDensePartialFC) and self.output_layer in self.model.layers
+
+    def _main_loss(self, loss):
+        """The plan's loss as the head's output needs it: on a Partial FC output, integer labels, or one-hot."""
+        if self._is_partial_fc():
+            return partial_fc.PartialFCLoss(loss)
+        return loss if losses.takes_integer_labels(loss) else losses.OneHotLabels(loss, self.classes)
+
     def _metrics(self, loss_type, num_outputs):
         if loss_type in EMBEDDING_TYPES:
             main = []
+        elif self._is_partial_fc():
+            main = [keras.metrics.MeanMetricWrapper(partial_fc.sampled_accuracy, name="accuracy", append_norm=self.output_layer.append_norm)]
         elif isinstance(self.output_layer, models.NormDense) and self.output_layer.append_norm:
             main = [keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")]
         else:
@@ -703,9 +754,10 @@ class Train:
         print(">>>> Saved basic model:", path)
 
 
-def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0):
+def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0, partial_fc_sample_rate=None):
     """The built-in demo: generated identities (demo.py), a tiny backbone, an ArcFace schedule through `Train`.
 
+    partial_fc_sample_rate: train with the Partial FC head at that rate (None: the dense NormDense).
     Returns the best verification accuracy on pairs of held-out identities.
     Usage: python train.py --demo   (or run_demo("demo_data", epochs=6))
     """
@@ -715,6 +767,7 @@ def run_demo(data_dir="demo_data", epochs=6, batch_size=32, seed=0):
     tt = Train(
         train_dir, save_path="demo_tiny_arcface.h5", eval_paths=[bin_path], basic_model=basic_model,
         batch_size=batch_size, lr_base=0.01, lr_decay=0.5, lr_decay_steps=[epochs // 2 + 1], random_status=0, seed=seed,
+        partial_fc_sample_rate=partial_fc_sample_rate,
     )
     schedule = [
         {"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)},
@@ -733,13 +786,14 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="demo_data", help="Where the demo dataset is generated")
     parser.add_argument("--epochs", type=int, default=6, help="Demo training epochs (>= 2)")
     parser.add_argument("--batch_size", type=int, default=32, help="Demo batch size")
+    parser.add_argument("--partial_fc_sample_rate", type=float, default=None, help="Demo with the Partial FC head at this sample rate")
     args = parser.parse_args(argv)
     if not args.demo:
         parser.print_help()
         return 0
     if args.epochs < 2:
         parser.error("--epochs must be >= 2")
-    run_demo(args.data_dir, epochs=args.epochs, batch_size=args.batch_size)
+    run_demo(args.data_dir, epochs=args.epochs, batch_size=args.batch_size, partial_fc_sample_rate=args.partial_fc_sample_rate)
     return 0
 
 
