@@ -210,4 +210,11 @@ def peer_lost_error(error, place):
     return PeerLostError(
         "worker {} of {}: a peer stopped answering during a collective ({}: {}). Restart every worker with the "
         "same TF_CONFIG and resume from the chief's last checkpoint: Train(model=checkpoint) and tt.train(remaining_plans, epochs_done)".format(
-            place.index, place.count, type(error).__name__, str(error).strip().splitlines()[0][:300]))
+            place.index, place.count, type(error).__name__, _reason(error)))
+
+
+def _reason(error):
+    """The line of a collective error that says what happened (unhealthy task, timeout, abort)."""
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()]
+    telling = [line for line in lines if any(word in line.lower() for word in ("unhealthy", "timed out", "deadline", "aborted", "heartbeat"))]
+    return (telling or lines or [""])[0][:300]
