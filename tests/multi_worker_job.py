@@ -26,13 +26,13 @@ def parse_args(argv):
     parser.add_argument("--ports", default="")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--global_batch", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=SCHEDULE_EPOCHS)
     parser.add_argument("--resume", type=int, default=0, help="epochs done: resume from --model")
     parser.add_argument("--model", default=None)
     parser.add_argument("--die_at", default="")
     parser.add_argument("--stop_after", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--random_status", type=int, default=-1)
+    parser.add_argument("--no_eval", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -42,9 +42,11 @@ def set_tf_config(ports, index):
     return len(workers)
 
 
-def schedule(keras, losses):
-    first = {"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.01, momentum=0.9)}
-    return [first, {"loss": losses.ArcfaceLoss(scale=16), "epoch": 1}]
+def schedule(keras, losses, epochs_done):
+    """One ArcFace plan of SCHEDULE_EPOCHS epochs; resumed, its remaining epochs (the optimizer comes from the checkpoint)."""
+    if epochs_done:
+        return [{"loss": losses.ArcfaceLoss(scale=16), "epoch": SCHEDULE_EPOCHS - epochs_done}]
+    return [{"loss": losses.ArcfaceLoss(scale=16), "epoch": SCHEDULE_EPOCHS, "optimizer": keras.optimizers.SGD(0.005, momentum=0.9)}]
 
 
 def small_basic_model(keras):
@@ -66,26 +68,31 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # several processes share the test machine's cores
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
     from keras_insightface import losses, multi_worker, train
 
     strategy = multi_worker.cluster_strategy(timeout_seconds=args.timeout) if args.ports else tf.distribute.get_strategy()
     train_dir, bin_path = os.path.join(args.data, "train"), os.path.join(args.data, "demo_verify.bin")
+    eval_paths = [] if args.no_eval else [bin_path]
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        common = dict(batch_size=args.global_batch // num_workers, lr_base=0.01, random_status=args.random_status, seed=0)
+        common = dict(batch_size=args.global_batch // num_workers, lr_base=0.005, random_status=args.random_status, seed=0)
         if args.resume:
-            tt = train.Train(train_dir, "mw.h5", eval_paths=[bin_path], model=args.model, **common)
+            tt = train.Train(train_dir, "mw.h5", eval_paths=eval_paths, model=args.model, **common)
         else:
             basic_model = small_basic_model(keras)
             multi_worker.synchronize_batchnorm(basic_model)
-            tt = train.Train(train_dir, "mw.h5", eval_paths=[bin_path], basic_model=basic_model, **common)
+            tt = train.Train(train_dir, "mw.h5", eval_paths=eval_paths, basic_model=basic_model, **common)
         add_test_callbacks(tt, args, keras)
         start = time.perf_counter()
-        epochs = tt.train(schedule(keras, losses)[args.resume:], args.resume)
+        epochs = tt.train(schedule(keras, losses, args.resume), args.resume)
         seconds = time.perf_counter() - start
     np.savez(args.out, *tt.model.get_weights())
     result = {"epochs": epochs, "seconds": seconds, "steps_per_epoch": tt.steps_per_epoch, "is_chief": tt.worker.is_chief,
-              "max_accuracy": tt.my_evals[-1].max_accuracy, "history_loss": tt.my_hist.history.get("loss")}
+              "max_accuracy": tt.my_evals[-1].max_accuracy if tt.my_evals else None,
+              "history_epochs": tt.my_hist.history.get("epoch"), "history_loss": tt.my_hist.history.get("loss")}
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
