@@ -171,12 +171,15 @@ class EpochEndSync(keras.callbacks.Callback):
     def __init__(self, strategy, place, evals=()):
         super().__init__()
         self.strategy, self.place, self.evals = strategy, place, list(evals)
+        self._all_reduce = tf.function(self._sum_over_workers)
 
-    def _all_reduce_sum(self, values):
-        values = tf.constant(values, tf.float32)
+    def _sum_over_workers(self, values):
         local_replicas = self.place.local_replicas
         per_replica = self.strategy.run(lambda: values / local_replicas)  # every local replica adds its share
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def _all_reduce_sum(self, values):
+        return self._all_reduce(tf.constant(values, tf.float32)).numpy()
 
     def on_epoch_end(self, epoch, logs=None):
         chief = self.place.is_chief
