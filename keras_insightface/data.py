@@ -667,6 +667,41 @@ def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_N
     return finish
 
 
+def _check_input_shard(input_shard, batch_size, image_per_class, cache):
+    """(index, count) of a valid `input_shard`, (0, 1) for None; errors name the argument."""
+    if input_shard is None:
+        return 0, 1
+    index, count = (int(value) for value in input_shard)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError("input_shard=(index, count) needs 0 <= index < count, got {!r}".format(input_shard))
+    positions_per_batch = batch_size // (image_per_class or 1)
+    if count > 1 and positions_per_batch % count:
+        raise ValueError("input_shard: the global batch of {} {} does not split evenly over {} workers".format(
+            positions_per_batch, "groups" if image_per_class else "images", count))
+    if count > 1 and cache:
+        raise ValueError("input_shard: cache is not supported with more than one worker; each worker reads its share")
+    return index, count
+
+
+def _positions_of_worker(ds, positions_per_batch, index, count):
+    """Keep the (position, item) elements of worker `index`: its contiguous slice of every global batch."""
+    share = positions_per_batch // count
+    return ds.filter(lambda position, item: (position % positions_per_batch) // share == index)
+
+
+def _worker_shard_files(info, paths, index, count, batch_size, description_path):
+    """The shard files of worker `index` (shard i goes to worker i % count) and the images of the smallest share,
+    so every worker runs as many steps."""
+    if len(paths) < count:
+        raise ValueError("{}: {} TFRecord shards cannot be split over {} workers; write at least one shard per worker "
+                         "(prepare_data.py --tfrecord with a smaller --shard_images)".format(description_path, len(paths), count))
+    shares = [sum(shard["images"] for shard in info["shards"][worker::count]) for worker in range(count)]
+    if min(shares) * count < batch_size:
+        raise ValueError("{}: the smallest worker share holds {} images, fewer than one batch of {} per worker".format(
+            description_path, min(shares), batch_size // count))
+    return paths[index::count], min(shares) * count
+
+
 def prepare_dataset_and_classes(
     data_path,
     image_names_reg=None,
@@ -683,6 +718,7 @@ def prepare_dataset_and_classes(
     seed=None,
     norm=None,
     mixup_alpha=0,
+    input_shard=None,
 ):
     """tf.data batches `(images, labels)`, or `(images, (labels, embeddings))` for distiller data; steps per epoch;
     the number of classes.
@@ -701,6 +737,10 @@ def prepare_dataset_and_classes(
     `.tfrecord`, or a `prepare_data.py --tfrecord` shard set (its folder or `tfrecord_shards.json`): the shard order,
     the record-by-record interleave of SHARD_CYCLE_LENGTH shards and a shuffle buffer of `shuffle_buffer_size`
     (default min(images, DEFAULT_SHARD_SHUFFLE_BUFFER)) are all seeded per epoch from `seed`.
+    `input_shard=(index, count)` gives worker `index` of `count` its share of every global batch of `batch_size`:
+    batches of batch_size // count; a shard set is split by file (shard i to worker i % count), any other source
+    by position (the worker's contiguous slice of each global batch of the order every worker draws from `seed`).
+    steps_per_epoch stays the number of global batches, the same on every worker (see `multi_worker.py`).
     Usage: ds, steps_per_epoch, num_classes = prepare_dataset_and_classes("faces_112x112_folders", batch_size=512)
     """
     data_path = os.fspath(data_path)
@@ -712,6 +752,7 @@ def prepare_dataset_and_classes(
     shard_description = shard_description_path(data_path)
     if image_per_class and (cache or data_path.endswith(".tfrecord") or shard_description):
         raise ValueError("image_per_class={} works with a folder or npz dataset without cache".format(image_per_class))
+    shard_index, shard_count = _check_input_shard(input_shard, batch_size, image_per_class, cache)
     order_seeds, augment_seeds = (_seed_pairs(seed, offset) for offset in (0, 1))
     loader = _load_group if image_per_class else _load_image
 
@@ -722,7 +763,11 @@ def prepare_dataset_and_classes(
         _check_learnable(data_path, None, num_classes, is_train)
         _check_batching(num_images, batch_size, 0, data_path)
         buffer_size = shuffle_buffer_size or min(num_images, DEFAULT_SHARD_SHUFFLE_BUFFER)
+        if shard_count > 1:
+            paths, num_images = _worker_shard_files(info, paths, shard_index, shard_count, batch_size, shard_description)
         ds, fetch, loader = _shard_records(paths, is_train and not cache, buffer_size, order_seeds).enumerate(), _parse_shard_record, _decode_sized
+        if shard_count > 1:  # positions unique across workers, so that augmentation seeds differ
+            ds = ds.map(lambda position, record: (position * shard_count + shard_index, record))
     elif data_path.endswith(".tfrecord"):
         info = _read_sidecar(data_path)
         num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
@@ -745,6 +790,9 @@ def prepare_dataset_and_classes(
             in_order = cache or not is_train
             ds = (tf.data.Dataset.range(num_images) if in_order else _epoch_order(num_images, order_seeds)).enumerate()
 
+    if shard_count > 1 and not shard_description:
+        ds = _positions_of_worker(ds, batch_size // (image_per_class or 1), shard_index, shard_count)
+
     def load(position, item):
         paths, *rest = fetch(item)
         return (position, loader(paths, img_shape), *rest)
@@ -758,7 +806,8 @@ def prepare_dataset_and_classes(
         if is_train:
             ds = ds.shuffle(shuffle_buffer_size or num_images, seed=seed, reshuffle_each_iteration=True)
     drop_remainder = is_train
-    ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache)
+    global_batch_size, batch_size = batch_size, batch_size // shard_count
+    ds = _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, count_skipped=not cache and shard_count == 1)
     if not 0 <= random_cutout_mask_area <= 1:
         raise ValueError("random_cutout_mask_area is the share of images masked, in [0, 1]; got {!r}".format(random_cutout_mask_area))
     augment = make_augment(random_status, seed, random_cutout_mask_area) if is_train else None
@@ -767,7 +816,11 @@ def prepare_dataset_and_classes(
                              norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm),
                              mixup_alpha=mixup_alpha, num_classes=num_classes)
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
+    if shard_count > 1:
+        steps_per_epoch = num_images // global_batch_size
+        ds = ds.take(steps_per_epoch)  # every worker ends the epoch after the same number of steps
+    else:
+        steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
     return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes
 
 

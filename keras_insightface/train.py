@@ -32,6 +32,7 @@ from . import io_utils
 from . import losses
 from . import models
 from . import model_interf
+from . import multi_worker
 from . import myCallbacks
 from . import partial_fc
 from . import sam
@@ -226,6 +227,9 @@ class Train:
             raise ValueError("partial_fc_sample_rate: the sampled head has a data-dependent width, which XLA (jit_compile=True) cannot compile")
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
+        self.worker = multi_worker.worker_place(self.strategy)
+        if self.worker.is_multi_worker and seed is None:
+            raise ValueError("seed: multi-worker training needs the same integer seed on every worker (the data order), got None")
         self.batch_size = batch_size * self.num_replicas
         if self.num_replicas > 1:
             print(">>>> num_replicas_in_sync: {}, global batch_size: {}".format(self.num_replicas, self.batch_size))
@@ -320,7 +324,10 @@ class Train:
         """Load a run's saved full model after `recover()` republished its last committed epoch."""
         if os.path.exists(model_path):
             self.resume_run = checkpoints.RunCheckpoint.of_model_file(model_path)
-            self.resume_run.recover()
+            if self.worker.is_chief:
+                self.resume_run.recover()
+            elif self.resume_run.generations():  # other workers read, as it is, the last committed epoch the chief publishes
+                model_path = self.resume_run.generation_file(self.resume_run.generations()[-1], "model")
             self.resume_epoch = self.resume_run.generation_of(model_path)
             self.centers_file = self._resume_file("centers")
         return _load_model(model_path, custom_objects)
@@ -476,6 +483,7 @@ class Train:
             seed=self.seed,
             norm=face_io.model_normalization(self.basic_model),
             mixup_alpha=self.mixup_alpha,
+            input_shard=self.worker.input_shard,
         )
         if self.teacher is not None:
             self.train_ds = data.with_teacher_embeddings(self.train_ds, self.teacher, face_io.model_normalization(self.basic_model))
@@ -510,7 +518,10 @@ class Train:
             targets = tuple(embedding if kind == "embedding" else label for kind in kinds)
             return (images, label) if label_input else images, targets if len(targets) > 1 else targets[0]
 
-        return self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.worker.is_multi_worker:
+            multi_worker.prepare_model(self.model, dataset.element_spec)
+        return multi_worker.distribute_dataset(self.strategy, dataset, self.worker)
 
     # ---------------------------------------------------------------- compile
     def _resolve_optimizer(self, optimizer):
@@ -606,7 +617,7 @@ class Train:
         if hasattr(optimizer, "decoupled_weight_decay"):
             is_lr_on_batch = myCallbacks.lr_decay_type(self.lr_decay_steps) == "cosine_batch"
             callbacks.insert(1, myCallbacks.OptimizerWeightDecay(self.lr_base, optimizer.weight_decay, is_lr_on_batch=is_lr_on_batch))
-        return callbacks
+        return multi_worker.arrange_callbacks(callbacks, self.strategy, self.worker, self.my_evals, [commit], self.gently_stop, self.my_hist)
 
     def _compiled_losses(self):
         loss = self.model.loss
@@ -656,14 +667,7 @@ class Train:
         with warnings.catch_warnings():
             # The dataset is finite and shuffled by data.py; its length may shrink by skipped corrupt images.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            history = self.model.fit(
-                self._training_dataset(),
-                epochs=initial_epoch + epoch,
-                initial_epoch=initial_epoch,
-                callbacks=self._callbacks(),
-                shuffle=False,
-                verbose=1,
-            )
+            history = self._fit(epochs=initial_epoch + epoch, initial_epoch=initial_epoch)
         self.basic_model.trainable = True
         return history
 
@@ -675,6 +679,16 @@ class Train:
                              "margin losses but CurricularFace, scale_softmax, MarginSoftmax, Keras categorical losses) and take no "
                              "'centerloss' / 'triplet'; got loss {} ({}), centerloss={}, triplet={}".format(
                                  self.mixup_alpha, getattr(loss, "name", loss), loss_type, centerloss, triplet))
+
+    def _fit(self, epochs, initial_epoch):
+        """model.fit of one plan; on several workers, a collective that lost its peer raises PeerLostError."""
+        try:
+            return self.model.fit(self._training_dataset(), epochs=epochs, initial_epoch=initial_epoch, callbacks=self._callbacks(), shuffle=False, verbose=1)
+        except multi_worker.PEER_LOST_ERRORS as error:
+            peer_lost = multi_worker.peer_lost_error(error, self.worker)
+            if peer_lost is None:
+                raise
+            raise peer_lost from error
 
     def _continue_from_epoch(self, initial_epoch):
         """Align history, best eval accuracies and the data order with a run that reached `initial_epoch`."""
@@ -713,7 +727,7 @@ class Train:
             if self.model.stop_training:
                 print(">>>> Training stopped before the schedule ended")
                 break
-        if not self.my_evals:
+        if not self.my_evals and self.worker.is_chief:
             self._save_latest_basic_model()
         return initial_epoch
 
