@@ -565,9 +565,22 @@ def _parse_shard_record(record):
     return example["image"], example["label"]
 
 
+def _block_shuffle(records, block_size, seed):
+    """`records` permuted within consecutive blocks of `block_size`, each block by its own stateless seed drawn from
+    the seed pair `seed`: a reproducible stand-in for a shuffle buffer that TensorFlow's global seed does not touch
+    (`Dataset.shuffle` with a tensor seed fails once `keras.utils.set_random_seed(0)` has run)."""
+
+    def shuffle_block(index, block):
+        block_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block)[0]), block_seed)
+        return tf.data.Dataset.from_tensor_slices(tf.gather(block, order))
+
+    return records.batch(block_size).enumerate().flat_map(shuffle_block)
+
+
 def _shard_records(paths, shuffled, shuffle_buffer_size, seed_ds):
     """The records of a shard set: in file order, or per epoch (seed pairs from `seed_ds`) in a shuffled shard
-    order, interleaved record by record from SHARD_CYCLE_LENGTH shards, through a seeded shuffle buffer."""
+    order, interleaved record by record from SHARD_CYCLE_LENGTH shards, shuffled in blocks of `shuffle_buffer_size`."""
     files = tf.constant(paths)
     if not shuffled:
         return tf.data.TFRecordDataset(files)
@@ -578,8 +591,7 @@ def _shard_records(paths, shuffled, shuffle_buffer_size, seed_ds):
         records = tf.data.Dataset.from_tensor_slices(order).interleave(
             tf.data.TFRecordDataset, cycle_length=min(len(paths), SHARD_CYCLE_LENGTH), block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        buffer_seed = tf.random.stateless_uniform([], seeds[1], minval=None, maxval=None, dtype=tf.int64)
-        return records.shuffle(shuffle_buffer_size, seed=buffer_seed)
+        return _block_shuffle(records, shuffle_buffer_size, seeds[1])
 
     return seed_ds.take(1).flat_map(epoch)
 

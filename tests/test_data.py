@@ -8,6 +8,7 @@ import os
 import re
 
 import cv2
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -521,6 +522,22 @@ def test_shard_order_is_seeded_per_epoch(fixture_shards_and_folders):
     assert first == epochs(os.path.join(shards, data.SHARDS_DESCRIPTION), 5)
     assert first[0] != first[1] and first != epochs(shards, 6)
     assert len(first[0]) == 28 and sorted(first[0]) != first[0]
+
+
+def test_shard_order_builds_under_a_global_seed_of_zero(fixture_shards_and_folders):
+    """keras.utils.set_random_seed(0) is common in user scripts: the shard pipeline builds and stays reproducible."""
+    shards, _ = fixture_shards_and_folders
+
+    def first_epoch():
+        keras.utils.set_random_seed(0)
+        ds, _ = data.prepare_dataset(shards, batch_size=4, random_status=0, seed=5, shuffle_buffer_size=8)
+        return [label for label, _ in labelled_images(ds)]
+
+    try:
+        labels = first_epoch()
+        assert len(labels) == 28 and sorted(labels) != labels and first_epoch() == labels
+    finally:
+        tf.random.set_seed(None)
 
 
 def test_truncated_shard_and_missing_description_are_named(fixture_shards_and_folders, tmp_path):
