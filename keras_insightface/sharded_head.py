@@ -1,0 +1,365 @@
+"""Class centers sharded across the replicas of a tf.distribute strategy (model-parallel Partial FC, every class).
+
+With N replicas, replica r holds the cosine head's columns of classes `[r * s, (r + 1) * s)`, `s = ceil(classes / N)`,
+and their optimizer state: a `SyncOnRead` variable of shape `(emb, s)` whose component on each device is that
+device's shard. A training step (arcface_torch's model-parallel Partial FC): each replica all-gathers the embeddings
+and labels of the global batch, scores them against its own classes, the replica owning a sample's class supplies its
+target cosine (an all-sum), every replica applies the margin to it, and the softmax max and normalizer are reduced
+across replicas. TensorFlow differentiates the collectives (the gradient of an all-sum is an all-sum, of an all-gather
+an all-sum and the replica's slice), so each backbone replica receives the gradient of its own embeddings from every
+shard. The backbone is updated by the compiled Keras optimizer; each shard by the same rule, run here on the shard
+(`SHARD_RULES`). Checkpoints hold the dense form: `dense_model()` is the basic model + `NormDense` with the full
+kernel, `head_optimizer_state()` the full slot matrices; `load_dense_model` / `set_head_optimizer_state` split them
+again for any number of replicas. See docs/distributed.md, "Sharded class centers".
+
+Usage:
+    strategy = tf.distribute.MirroredStrategy()
+    with strategy.scope():
+        model = sharded_head.ShardedHeadModel(basic_model, classes=1_000_000)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=losses.ArcfaceLoss())
+    model.fit(images_and_integer_labels)
+    model.dense_model().save("model.keras")  # basic model + NormDense holding every class center
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import losses, models
+
+_EPSILON = 1e-12  # NormDense's floor of squared norms
+_GLOROT_TRUNCATION = 0.87962566103423978  # stddev of a unit normal truncated at +/-2, as keras.initializers.GlorotNormal
+
+
+def shard_units(classes, num_shards):
+    """Columns per shard: `ceil(classes / num_shards)`; the last shard's extra columns are padding, never scored."""
+    return -(-int(classes) // int(num_shards))
+
+
+def check_margin_loss(loss):
+    """`loss` if the sharded head can compute it: a margin loss built on `_MarginSoftmaxLoss.call` with a fixed scale,
+    from logits and without the feature norm (ArcFace, CosFace, combined margins, AirFace). Raises ValueError otherwise.
+
+    Usage: margin_loss = sharded_head.check_margin_loss(losses.ArcfaceLoss())
+    """
+    base = losses._MarginSoftmaxLoss
+    supported = (
+        isinstance(loss, base) and type(loss).call is base.call and type(loss)._scale is base._scale
+        and not loss.uses_feature_norm and loss.from_logits
+    )
+    if not supported:
+        raise ValueError(
+            "ShardedHeadModel: loss must be a margin loss with a fixed scale, from logits and without the feature norm "
+            "(ArcfaceLoss, CosFaceLoss, AirFaceLoss, ...), got {!r}".format(loss)
+        )
+    return loss
+
+
+# ---------------------------------------------------------------- the optimizer rule run on each shard
+def _decay(optimizer, kernel, learning_rate):
+    """Weight decay as the optimizer applies it: the project's decoupled `wd` (absolute), else Keras' `wd * lr`."""
+    if hasattr(optimizer, "decoupled_weight_decay"):
+        kernel.assign_sub(kernel * tf.cast(optimizer.decoupled_weight_decay, kernel.dtype))
+    elif optimizer.weight_decay:
+        kernel.assign_sub(kernel * optimizer.weight_decay * learning_rate)
+
+
+def _sgd_slots(optimizer):
+    return ("momentum",) if optimizer.momentum else ()
+
+
+def _sgd_update(optimizer, kernel, slots, gradient, learning_rate):
+    """keras.optimizers.SGD: `m = momentum * m - lr * g`; `w += m` (nesterov: `w += momentum * m - lr * g`)."""
+    if not optimizer.momentum:
+        kernel.assign_sub(learning_rate * gradient)
+        return
+    momentum = slots["momentum"]
+    momentum.assign(optimizer.momentum * momentum - learning_rate * gradient)
+    kernel.assign_add(optimizer.momentum * momentum - learning_rate * gradient if optimizer.nesterov else momentum)
+
+
+def _adam_slots(optimizer):
+    if optimizer.amsgrad:
+        raise ValueError("ShardedHeadModel: Adam(amsgrad=True) is not supported on the sharded head")
+    return ("m", "v")
+
+
+def _adam_update(optimizer, kernel, slots, gradient, learning_rate):
+    """keras.optimizers.Adam: bias-corrected step `lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon)`."""
+    step = tf.cast(optimizer.iterations + 1, kernel.dtype)
+    alpha = learning_rate * tf.sqrt(1 - optimizer.beta_2 ** step) / (1 - optimizer.beta_1 ** step)
+    m, v = slots["m"], slots["v"]
+    m.assign_add((gradient - m) * (1 - optimizer.beta_1))
+    v.assign_add((tf.square(gradient) - v) * (1 - optimizer.beta_2))
+    kernel.assign_sub(m * alpha / (tf.sqrt(v) + optimizer.epsilon))
+
+
+# optimizer class -> (slot names, update); the first class in the optimizer's MRO found here applies
+SHARD_RULES = {
+    keras.optimizers.SGD: (_sgd_slots, _sgd_update),
+    keras.optimizers.Adam: (_adam_slots, _adam_update),
+}
+_UNSUPPORTED_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
+
+
+def shard_rule(optimizer):
+    """(slot names function, update function) of `optimizer`; ValueError for optimizers or options not covered.
+
+    Usage: slot_names, update = sharded_head.shard_rule(keras.optimizers.SGD(0.1, momentum=0.9))
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError("ShardedHeadModel: LossScaleOptimizer (mixed_float16) is not supported on the sharded head")
+    for option in _UNSUPPORTED_OPTIONS:
+        if getattr(optimizer, option, None):
+            raise ValueError("ShardedHeadModel: optimizer option {}={!r} is not supported".format(option, getattr(optimizer, option)))
+    for klass in type(optimizer).__mro__:
+        if klass in SHARD_RULES:
+            return SHARD_RULES[klass]
+    raise ValueError(
+        "ShardedHeadModel: optimizer {} has no shard update rule; supported: {}".format(
+            type(optimizer).__name__, [klass.__name__ for klass in SHARD_RULES])
+    )
+
+
+# ---------------------------------------------------------------- the sharded matrices
+class ShardedCenters:
+    """The `(emb, classes)` class-center matrix split by columns over the replicas of `strategy`, plus slot matrices.
+
+    Each matrix is a `SyncOnRead` variable of shape `(emb, shard_units)`: in a replica it reads and updates that
+    replica's own shard; `get` / `set` move the whole matrix to and from the host, one shard at a time.
+    Usage: centers = ShardedCenters(512, 1_000_000, tf.distribute.get_strategy()); full = centers.get()
+    """
+
+    def __init__(self, emb_shape, classes, strategy, seed=None):
+        self.emb_shape, self.classes, self.strategy = int(emb_shape), int(classes), strategy
+        self.num_shards = strategy.num_replicas_in_sync
+        self.shard_units = shard_units(classes, self.num_shards)
+        self.kernel = self._new_matrix("sharded_norm_dense_w")
+        self.slots = {}
+        self._initialize_kernel(seed)
+
+    def _new_matrix(self, name):
+        with self.strategy.scope():
+            return tf.Variable(
+                tf.zeros((self.emb_shape, self.shard_units)), name=name, trainable=False,
+                synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+    def _initialize_kernel(self, seed):
+        """Glorot normal of the full `(emb, classes)` shape, drawn shard by shard on the shard's device."""
+        stddev = math.sqrt(2.0 / (self.emb_shape + self.classes)) / _GLOROT_TRUNCATION
+        generator = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.Generator.from_non_deterministic_state()
+        for shard_id, shard in enumerate(self.shards(self.kernel)):
+            with tf.device(shard.device):
+                values = generator.truncated_normal(shard.shape, stddev=stddev)
+                shard.assign(values * self._column_mask(shard_id))
+
+    def _column_mask(self, shard_id):
+        """1.0 for the shard's real classes, 0.0 for its padding columns."""
+        columns = shard_id * self.shard_units + np.arange(self.shard_units)
+        return (columns < self.classes).astype("float32")
+
+    def shards(self, matrix):
+        """The per-device components of `matrix`, in replica order."""
+        return self.strategy.experimental_local_results(matrix)
+
+    def build_slots(self, names):
+        """Zero slot matrices (optimizer state) named `names`, created once."""
+        for name in names:
+            if name not in self.slots:
+                self.slots[name] = self._new_matrix("sharded_norm_dense_" + name)
+
+    def get(self, matrix=None):
+        """The full `(emb, classes)` numpy matrix of `matrix` (default: the kernel)."""
+        matrix = self.kernel if matrix is None else matrix
+        return np.concatenate([shard.numpy() for shard in self.shards(matrix)], axis=1)[:, : self.classes]
+
+    def set(self, values, matrix=None):
+        """Split the full `(emb, classes)` `values` over the shards of `matrix` (default: the kernel)."""
+        matrix = self.kernel if matrix is None else matrix
+        values = np.asarray(values, dtype="float32")
+        if values.shape != (self.emb_shape, self.classes):
+            raise ValueError("ShardedCenters.set: expected a matrix of shape {}, got {}".format((self.emb_shape, self.classes), values.shape))
+        padded = np.zeros((self.emb_shape, self.shard_units * self.num_shards), "float32")
+        padded[:, : self.classes] = values
+        for shard_id, shard in enumerate(self.shards(matrix)):
+            shard.assign(padded[:, shard_id * self.shard_units : (shard_id + 1) * self.shard_units])
+
+    def bytes_per_device(self):
+        """{device: bytes of the kernel and slot shards it holds}."""
+        held = {}
+        for matrix in [self.kernel, *self.slots.values()]:
+            for shard in self.shards(matrix):
+                held[shard.device] = held.get(shard.device, 0) + int(np.prod(shard.shape)) * shard.dtype.size
+        return held
+
+
+def _normalize(values, axis):
+    """`values / max(||values||, sqrt(eps))` along `axis`, as NormDense."""
+    return values / tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(values), axis=axis, keepdims=True), _EPSILON))
+
+
+def _all_max(context, values):
+    """Element-wise max of `values` over the replicas (no gradient: used as the softmax shift)."""
+    gathered = context.all_gather(tf.stop_gradient(values)[None], axis=0)
+    return tf.stop_gradient(tf.reduce_max(gathered, axis=0))
+
+
+def replica_margin_loss(margin_loss, embedding, labels, kernel, classes):
+    """Per-sample loss and accuracy hits of this replica's samples, its kernel shard `kernel` scoring every sample.
+
+    Equal to `margin_loss(labels, NormDense(classes)(embedding))` over the global batch, sliced to this replica's rows.
+    Runs in replica context. Usage: loss, hits = replica_margin_loss(losses.ArcfaceLoss(), emb, labels, shard, classes)
+    """
+    context = tf.distribute.get_replica_context()
+    shard_size = kernel.shape[-1]
+    labels = tf.cast(tf.reshape(labels, (-1,)), tf.int32)
+    sizes = context.all_gather(tf.shape(labels)[:1], axis=0)
+    begin = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    embeddings = context.all_gather(embedding, axis=0)
+    all_labels = context.all_gather(labels, axis=0)
+
+    first_class = tf.cast(context.replica_id_in_sync_group, tf.int32) * shard_size
+    valid = first_class + tf.range(shard_size) < classes
+    cosines = margin_loss._cosines(tf.matmul(_normalize(embeddings, -1), _normalize(kernel, 0)))
+    local_labels = all_labels - first_class
+    owned = (local_labels >= 0) & (local_labels < shard_size)
+    owned_indices = tf.stack([tf.range(tf.shape(all_labels)[0]), tf.clip_by_value(local_labels, 0, shard_size - 1)], axis=-1)
+    target_cos = context.all_reduce("sum", tf.where(owned, tf.gather_nd(cosines, owned_indices), 0.0))
+    target_logit = tf.cast(margin_loss._target_logit(target_cos, None), cosines.dtype)
+
+    margin_update = tf.where(owned, target_logit - target_cos, 0.0)
+    logits = margin_loss.scale * tf.tensor_scatter_nd_add(cosines, owned_indices, margin_update)
+    logits = tf.where(valid, logits, 0.0)
+    shift = _all_max(context, tf.reduce_max(tf.where(valid, logits, logits.dtype.min), axis=-1))
+    normalizer = context.all_reduce("sum", tf.reduce_sum(tf.where(valid, tf.exp(logits - shift[:, None]), 0.0), axis=-1))
+    smoothing = margin_loss.label_smoothing
+    loss = tf.math.log(normalizer) + shift - (1.0 - smoothing) * margin_loss.scale * target_logit
+    if smoothing:
+        loss -= smoothing / classes * context.all_reduce("sum", tf.reduce_sum(logits, axis=-1))
+
+    best_other = _all_max(context, tf.reduce_max(tf.where(valid & ~tf.one_hot(local_labels, shard_size, on_value=True, off_value=False),
+                                                           cosines, cosines.dtype.min), axis=-1))
+    hits = tf.cast(tf.stop_gradient(target_cos) >= best_other, tf.float32)
+    rows = tf.range(begin, begin + tf.shape(labels)[0])
+    return tf.gather(loss, rows), tf.gather(hits, rows)
+
+
+# ---------------------------------------------------------------- the model
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class ShardedHeadModel(keras.Model):
+    """Basic model + a cosine head whose class centers are sharded over the replicas (see the module docstring).
+
+    `compile(optimizer, loss)` takes a margin loss (`check_margin_loss`) and an optimizer with a shard rule
+    (`SHARD_RULES`: SGD, SGDW, Adam, AdamW). `fit` takes images and integer labels (or one-hot rows). Calling the
+    model returns embeddings. `kernel_regularizer` (L2 / L1: a sum over elements, so over shards) applies to the
+    centers, as `NormDense(kernel_regularizer=...)`.
+    Usage: with strategy.scope(): model = ShardedHeadModel(basic_model, classes); model.compile("sgd", ArcfaceLoss())
+    """
+
+    def __init__(self, basic_model, classes, kernel_regularizer=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(classes, (int, np.integer)) or classes < 1:
+            raise ValueError("ShardedHeadModel: classes must be a positive integer, got {!r}".format(classes))
+        self.basic_model = basic_model
+        self.classes = int(classes)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.centers = ShardedCenters(basic_model.outputs[0].shape[-1], classes, tf.distribute.get_strategy(), seed=seed)
+        self.margin_loss, self._shard_update = None, None
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    def call(self, inputs, training=False):
+        return self.basic_model(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Keras' compile; `loss` is the margin loss the head computes itself, `metrics` are loss and accuracy."""
+        self.margin_loss = check_margin_loss(loss)
+        super().compile(optimizer=optimizer, **kwargs)
+        slot_names, self._shard_update = shard_rule(self.optimizer)
+        self.centers.build_slots(slot_names(self.optimizer))
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def train_step(self, data):
+        images, labels = data[:2]
+        labels = losses.class_labels(labels)
+        context = tf.distribute.get_replica_context()
+        global_batch = tf.cast(context.all_reduce("sum", tf.shape(labels)[0]), tf.float32)
+        with tf.GradientTape() as tape:
+            kernel = tf.identity(self.centers.kernel)
+            tape.watch(kernel)
+            embedding = self.basic_model(images, training=True)
+            sample_loss, hits = replica_margin_loss(self.margin_loss, embedding, labels, kernel, self.classes)
+            loss = tf.reduce_sum(sample_loss) / global_batch + self._regularization(kernel)
+        variables = self.basic_model.trainable_variables
+        *gradients, kernel_gradient = tape.gradient(loss, [*variables, kernel])
+        self._update_shard(kernel_gradient)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.loss_tracker.update_state(sample_loss)
+        self.accuracy_tracker.update_state(hits)
+        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+
+    def _regularization(self, kernel):
+        """The basic model's losses (shared by the replicas, so divided by their number) + the shard's own term."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        total = tf.add_n([tf.cast(term, tf.float32) for term in self.basic_model.losses]) / replicas if self.basic_model.losses else 0.0
+        return total + (self.kernel_regularizer(kernel) if self.kernel_regularizer else 0.0)
+
+    def _update_shard(self, gradient):
+        """The compiled optimizer's rule on this replica's shard, at the learning rate of this step (before its
+        `iterations` advance)."""
+        kernel = self.centers.kernel
+        learning_rate = tf.cast(self.optimizer.learning_rate, kernel.dtype)
+        _decay(self.optimizer, kernel, learning_rate)
+        self._shard_update(self.optimizer, kernel, self.centers.slots, gradient, learning_rate)
+
+    # ------------------------------------------------------------ the dense form, for checkpoints
+    def dense_model(self):
+        """basic model + `NormDense(classes)` holding the full kernel: what checkpoints save.  Usage: model.dense_model().save(path)"""
+        head = models.NormDense(self.classes, kernel_regularizer=self.kernel_regularizer, name="NormDense", dtype="float32")
+        output = head(self.basic_model.outputs[0])
+        head.w.assign(self.centers.get())
+        return keras.Model(self.basic_model.inputs[0], output, name=self.basic_model.name + "_train")
+
+    def load_dense_model(self, dense_model):
+        """Take the class centers (and basic-model weights) of a dense model saved by `dense_model()` (any replicas).
+
+        Usage: model.load_dense_model(keras.models.load_model("model.keras"))
+        """
+        heads = [layer for layer in dense_model.layers if isinstance(layer, models.NormDense)]
+        if len(heads) != 1 or heads[0].units != self.classes or heads[0].loss_top_k != 1:
+            raise ValueError("ShardedHeadModel.load_dense_model: expected one NormDense({}) head, got {}".format(
+                self.classes, [(layer.name, layer.units) for layer in heads]))
+        basic = keras.Model(dense_model.inputs[0], dense_model.get_layer("embedding").output)
+        self.basic_model.set_weights(basic.get_weights())
+        self.centers.set(heads[0].w.numpy())
+
+    def head_optimizer_state(self):
+        """{slot name: full `(emb, classes)` matrix} of the head's optimizer state.  Usage: np.savez(f, **model.head_optimizer_state())"""
+        return {name: self.centers.get(slot) for name, slot in self.centers.slots.items()}
+
+    def set_head_optimizer_state(self, state):
+        """Restore `head_optimizer_state()` output (saved under any number of replicas); call after `compile`."""
+        missing = set(self.centers.slots) - set(state)
+        if missing:
+            raise ValueError("ShardedHeadModel.set_head_optimizer_state: missing slots {}".format(sorted(missing)))
+        for name, slot in self.centers.slots.items():
+            self.centers.set(state[name], slot)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "basic_model": keras.saving.serialize_keras_object(self.basic_model),
+            "classes": self.classes,
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config["basic_model"] = keras.saving.deserialize_keras_object(config["basic_model"])
+        return cls(**config)
