@@ -9,8 +9,8 @@ across replicas. TensorFlow differentiates the collectives (the gradient of an a
 an all-sum and the replica's slice), so each backbone replica receives the gradient of its own embeddings from every
 shard. The backbone is updated by the compiled Keras optimizer; each shard by the same rule, run here on the shard
 (`SHARD_RULES`). Checkpoints hold the dense form: `dense_model()` is the basic model + `NormDense` with the full
-kernel, `head_optimizer_state()` the full slot matrices; `load_dense_model` / `set_head_optimizer_state` split them
-again for any number of replicas. See docs/distributed.md, "Sharded class centers".
+kernel, `dense_optimizer()` the compiled optimizer with the head's full slot matrices (the layout a dense run saves);
+`load_checkpoint` splits them again for any number of replicas. See docs/distributed.md, "Sharded class centers".
 
 Usage:
     strategy = tf.distribute.MirroredStrategy()
@@ -21,12 +21,13 @@ Usage:
     model.dense_model().save("model.keras")  # basic model + NormDense holding every class center
 """
 import math
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from . import losses, models
+from . import checkpoints, losses, models
 
 _EPSILON = 1e-12  # NormDense's floor of squared norms
 _GLOROT_TRUNCATION = 0.87962566103423978  # stddev of a unit normal truncated at +/-2, as keras.initializers.GlorotNormal
@@ -65,48 +66,67 @@ def _decay(optimizer, kernel, learning_rate):
         kernel.assign_sub(kernel * optimizer.weight_decay * learning_rate)
 
 
-def _sgd_slots(optimizer):
-    return ("momentum",) if optimizer.momentum else ()
+class ShardRule:
+    """How an optimizer updates one shard: `keras_slots` maps each slot of the shard to the optimizer's list attribute
+    holding that slot for Keras variables (the dense checkpoint layout); `update` runs one step on the shard."""
+
+    keras_slots = {}
+
+    def check(self, optimizer):
+        """Raise ValueError for options of `optimizer` this rule does not follow."""
+
+    def slot_names(self, optimizer):
+        """The shard slots kept for `optimizer`."""
+        return tuple(self.keras_slots)
+
+    def update(self, optimizer, kernel, slots, gradient, learning_rate):
+        raise NotImplementedError
 
 
-def _sgd_update(optimizer, kernel, slots, gradient, learning_rate):
+class SGDRule(ShardRule):
     """keras.optimizers.SGD: `m = momentum * m - lr * g`; `w += m` (nesterov: `w += momentum * m - lr * g`)."""
-    if not optimizer.momentum:
-        kernel.assign_sub(learning_rate * gradient)
-        return
-    momentum = slots["momentum"]
-    momentum.assign(optimizer.momentum * momentum - learning_rate * gradient)
-    kernel.assign_add(optimizer.momentum * momentum - learning_rate * gradient if optimizer.nesterov else momentum)
+
+    keras_slots = {"momentum": "momentums"}
+
+    def slot_names(self, optimizer):
+        return tuple(self.keras_slots) if optimizer.momentum else ()
+
+    def update(self, optimizer, kernel, slots, gradient, learning_rate):
+        if not optimizer.momentum:
+            kernel.assign_sub(learning_rate * gradient)
+            return
+        momentum = slots["momentum"]
+        momentum.assign(optimizer.momentum * momentum - learning_rate * gradient)
+        kernel.assign_add(optimizer.momentum * momentum - learning_rate * gradient if optimizer.nesterov else momentum)
 
 
-def _adam_slots(optimizer):
-    if optimizer.amsgrad:
-        raise ValueError("ShardedHeadModel: Adam(amsgrad=True) is not supported on the sharded head")
-    return ("m", "v")
-
-
-def _adam_update(optimizer, kernel, slots, gradient, learning_rate):
+class AdamRule(ShardRule):
     """keras.optimizers.Adam: bias-corrected step `lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon)`."""
-    step = tf.cast(optimizer.iterations + 1, kernel.dtype)
-    alpha = learning_rate * tf.sqrt(1 - optimizer.beta_2 ** step) / (1 - optimizer.beta_1 ** step)
-    m, v = slots["m"], slots["v"]
-    m.assign_add((gradient - m) * (1 - optimizer.beta_1))
-    v.assign_add((tf.square(gradient) - v) * (1 - optimizer.beta_2))
-    kernel.assign_sub(m * alpha / (tf.sqrt(v) + optimizer.epsilon))
+
+    keras_slots = {"m": "_momentums", "v": "_velocities"}
+
+    def check(self, optimizer):
+        if optimizer.amsgrad:
+            raise ValueError("ShardedHeadModel: Adam(amsgrad=True) is not supported on the sharded head")
+
+    def update(self, optimizer, kernel, slots, gradient, learning_rate):
+        step = tf.cast(optimizer.iterations + 1, kernel.dtype)
+        alpha = learning_rate * tf.sqrt(1 - optimizer.beta_2 ** step) / (1 - optimizer.beta_1 ** step)
+        m, v = slots["m"], slots["v"]
+        m.assign_add((gradient - m) * (1 - optimizer.beta_1))
+        v.assign_add((tf.square(gradient) - v) * (1 - optimizer.beta_2))
+        kernel.assign_sub(m * alpha / (tf.sqrt(v) + optimizer.epsilon))
 
 
-# optimizer class -> (slot names, update); the first class in the optimizer's MRO found here applies
-SHARD_RULES = {
-    keras.optimizers.SGD: (_sgd_slots, _sgd_update),
-    keras.optimizers.Adam: (_adam_slots, _adam_update),
-}
+# optimizer class -> its shard rule; the first class in the optimizer's MRO found here applies (SGDW, AdamW included)
+SHARD_RULES = {keras.optimizers.SGD: SGDRule(), keras.optimizers.Adam: AdamRule()}
 _UNSUPPORTED_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
 
 
 def shard_rule(optimizer):
-    """(slot names function, update function) of `optimizer`; ValueError for optimizers or options not covered.
+    """The `ShardRule` of `optimizer`; ValueError for optimizers or options it does not cover.
 
-    Usage: slot_names, update = sharded_head.shard_rule(keras.optimizers.SGD(0.1, momentum=0.9))
+    Usage: rule = sharded_head.shard_rule(keras.optimizers.SGD(0.1, momentum=0.9))
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError("ShardedHeadModel: LossScaleOptimizer (mixed_float16) is not supported on the sharded head")
@@ -115,6 +135,7 @@ def shard_rule(optimizer):
             raise ValueError("ShardedHeadModel: optimizer option {}={!r} is not supported".format(option, getattr(optimizer, option)))
     for klass in type(optimizer).__mro__:
         if klass in SHARD_RULES:
+            SHARD_RULES[klass].check(optimizer)
             return SHARD_RULES[klass]
     raise ValueError(
         "ShardedHeadModel: optimizer {} has no shard update rule; supported: {}".format(
@@ -247,6 +268,19 @@ def replica_margin_loss(margin_loss, embedding, labels, kernel, classes):
 
 
 # ---------------------------------------------------------------- the model
+def _other_variables(optimizer, head_slots):
+    """`optimizer.variables` without the head's slots, in order: the layout of the basic model's optimizer."""
+    head_ids = {id(variable) for variable in head_slots.values()}
+    return [variable for variable in optimizer.variables if id(variable) not in head_ids]
+
+
+def _copy_values(sources, targets):
+    if len(sources) != len(targets) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(sources, targets)):
+        raise ValueError("ShardedHeadModel: optimizer states do not match ({} and {} variables)".format(len(sources), len(targets)))
+    for source, target in zip(sources, targets):
+        target.assign(keras.ops.convert_to_numpy(source))
+
+
 @keras.saving.register_keras_serializable(package="keras_insightface")
 class ShardedHeadModel(keras.Model):
     """Basic model + a cosine head whose class centers are sharded over the replicas (see the module docstring).
@@ -266,7 +300,7 @@ class ShardedHeadModel(keras.Model):
         self.classes = int(classes)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.centers = ShardedCenters(basic_model.outputs[0].shape[-1], classes, tf.distribute.get_strategy(), seed=seed)
-        self.margin_loss, self._shard_update = None, None
+        self.margin_loss, self.shard_rule = None, None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -277,8 +311,9 @@ class ShardedHeadModel(keras.Model):
         """Keras' compile; `loss` is the margin loss the head computes itself, `metrics` are loss and accuracy."""
         self.margin_loss = check_margin_loss(loss)
         super().compile(optimizer=optimizer, **kwargs)
-        slot_names, self._shard_update = shard_rule(self.optimizer)
-        self.centers.build_slots(slot_names(self.optimizer))
+        self.shard_rule = shard_rule(self.optimizer)
+        self.optimizer.build(self.basic_model.trainable_variables)
+        self.centers.build_slots(self.shard_rule.slot_names(self.optimizer))
 
     @property
     def metrics(self):
@@ -315,7 +350,7 @@ class ShardedHeadModel(keras.Model):
         kernel = self.centers.kernel
         learning_rate = tf.cast(self.optimizer.learning_rate, kernel.dtype)
         _decay(self.optimizer, kernel, learning_rate)
-        self._shard_update(self.optimizer, kernel, self.centers.slots, gradient, learning_rate)
+        self.shard_rule.update(self.optimizer, kernel, self.centers.slots, gradient, learning_rate)
 
     # ------------------------------------------------------------ the dense form, for checkpoints
     def dense_model(self):
@@ -338,17 +373,52 @@ class ShardedHeadModel(keras.Model):
         self.basic_model.set_weights(basic.get_weights())
         self.centers.set(heads[0].w.numpy())
 
-    def head_optimizer_state(self):
-        """{slot name: full `(emb, classes)` matrix} of the head's optimizer state.  Usage: np.savez(f, **model.head_optimizer_state())"""
-        return {name: self.centers.get(slot) for name, slot in self.centers.slots.items()}
+    def dense_optimizer(self, dense_model):
+        """A copy of the compiled optimizer built for `dense_model.trainable_variables` (the basic model's, then the
+        head's), the shards' state gathered into the head's slots: the optimizer state a checkpoint saves."""
+        optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+        optimizer.build(dense_model.trainable_variables)
+        head_slots = self._head_slots(optimizer, dense_model)
+        for name, variable in head_slots.items():
+            variable.assign(self.centers.get(self.centers.slots[name]))
+        _copy_values(self.optimizer.variables, _other_variables(optimizer, head_slots))
+        return optimizer
 
-    def set_head_optimizer_state(self, state):
-        """Restore `head_optimizer_state()` output (saved under any number of replicas); call after `compile`."""
-        missing = set(self.centers.slots) - set(state)
-        if missing:
-            raise ValueError("ShardedHeadModel.set_head_optimizer_state: missing slots {}".format(sorted(missing)))
+    def load_dense_optimizer(self, optimizer, dense_model):
+        """Take the state of `optimizer`, built for `dense_model` (as `dense_optimizer` or a dense run's checkpoint
+        makes it), into the compiled optimizer and the shards.  Usage: model.load_dense_optimizer(optimizer, dense)"""
+        if type(optimizer) is not type(self.optimizer):
+            raise ValueError("ShardedHeadModel.load_dense_optimizer: the model is compiled with {}, the state is of {}".format(
+                type(self.optimizer).__name__, type(optimizer).__name__))
+        head_slots = self._head_slots(optimizer, dense_model)
         for name, slot in self.centers.slots.items():
-            self.centers.set(state[name], slot)
+            self.centers.set(keras.ops.convert_to_numpy(head_slots[name]), slot)
+        _copy_values(_other_variables(optimizer, head_slots), self.optimizer.variables)
+
+    def _head_slots(self, optimizer, dense_model):
+        """{shard slot name: `optimizer`'s slot variable of the dense head (the last trainable variable)}."""
+        head_index = len(dense_model.trainable_variables) - 1
+        return {name: getattr(optimizer, self.shard_rule.keras_slots[name])[head_index] for name in self.centers.slots}
+
+    def save(self, filepath, *args, **kwargs):
+        """Save the dense form (`dense_model()`): a full model file any number of replicas, or a dense run, loads."""
+        self.dense_model().save(filepath, *args, **kwargs)
+
+    def checkpoint_state(self):
+        """(dense model, its optimizer) holding the whole state: what `myCallbacks.CheckpointCommit` writes."""
+        dense_model = self.dense_model()
+        return dense_model, self.dense_optimizer(dense_model)
+
+    def load_checkpoint(self, model_path, optimizer_path=None):
+        """Continue from a checkpoint written under any number of replicas: the full model file and, when given and
+        present, its optimizer state (`checkpoints.save_optimizer_state` layout).  Call after `compile`.
+        Usage: model.load_checkpoint("checkpoints/m.keras", "checkpoints/m_optimizer.npz")
+        """
+        dense_model = keras.models.load_model(model_path, compile=False)
+        self.load_dense_model(dense_model)
+        if optimizer_path is not None and os.path.exists(optimizer_path):
+            optimizer = checkpoints.restore_optimizer_state(optimizer_path, dense_model.trainable_variables, dense_model.weights)
+            self.load_dense_optimizer(optimizer, dense_model)
 
     def get_config(self):
         config = super().get_config()
