@@ -274,6 +274,19 @@ def _other_variables(optimizer, head_slots):
     return [variable for variable in optimizer.variables if id(variable) not in head_ids]
 
 
+def _built_for_more_than(optimizer, variables):
+    """True when `optimizer` is built and holds state for more variables than `variables` (a dense model's)."""
+    built_for = getattr(optimizer, "_trainable_variables", None) if getattr(optimizer, "built", False) else None
+    return built_for is not None and len(built_for) > len(variables)
+
+
+def _dense_kernel(head, classes):
+    """The kernel of a `NormDense(classes)` head, refused for other widths or sub-centers."""
+    if not isinstance(head, models.NormDense) or head.units != classes or head.loss_top_k != 1 or head.append_norm:
+        raise ValueError("ShardedHeadModel: expected a NormDense({}) head without sub-centers or feature norm, got {!r}".format(classes, head))
+    return keras.ops.convert_to_numpy(head.w)
+
+
 def _copy_values(sources, targets):
     if len(sources) != len(targets) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(sources, targets)):
         raise ValueError("ShardedHeadModel: optimizer states do not match ({} and {} variables)".format(len(sources), len(targets)))
@@ -292,7 +305,7 @@ class ShardedHeadModel(keras.Model):
     Usage: with strategy.scope(): model = ShardedHeadModel(basic_model, classes); model.compile("sgd", ArcfaceLoss())
     """
 
-    def __init__(self, basic_model, classes, kernel_regularizer=None, seed=None, **kwargs):
+    def __init__(self, basic_model, classes, kernel_regularizer=None, seed=None, dense_head=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(classes, (int, np.integer)) or classes < 1:
             raise ValueError("ShardedHeadModel: classes must be a positive integer, got {!r}".format(classes))
@@ -300,6 +313,8 @@ class ShardedHeadModel(keras.Model):
         self.classes = int(classes)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.centers = ShardedCenters(basic_model.outputs[0].shape[-1], classes, tf.distribute.get_strategy(), seed=seed)
+        if dense_head is not None:
+            self.centers.set(_dense_kernel(dense_head, self.classes))
         self.margin_loss, self.shard_rule = None, None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
@@ -308,12 +323,21 @@ class ShardedHeadModel(keras.Model):
         return self.basic_model(inputs, training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Keras' compile; `loss` is the margin loss the head computes itself, `metrics` are loss and accuracy."""
+        """Keras' compile; `loss` is the margin loss the head computes itself, `metrics` are loss and accuracy.
+
+        An `optimizer` already built for the dense model (basic model's variables, then the head's kernel: a resumed
+        dense checkpoint) passes its state on: the shards take the head's slots, the model a copy of the rest.
+        """
         self.margin_loss = check_margin_loss(loss)
+        dense_state = optimizer if _built_for_more_than(optimizer, self.basic_model.trainable_variables) else None
+        if dense_state is not None:
+            optimizer = type(optimizer).from_config(optimizer.get_config())
         super().compile(optimizer=optimizer, **kwargs)
         self.shard_rule = shard_rule(self.optimizer)
         self.optimizer.build(self.basic_model.trainable_variables)
         self.centers.build_slots(self.shard_rule.slot_names(self.optimizer))
+        if dense_state is not None:
+            self.load_dense_optimizer(dense_state)
 
     @property
     def metrics(self):
@@ -353,11 +377,16 @@ class ShardedHeadModel(keras.Model):
         self.shard_rule.update(self.optimizer, kernel, self.centers.slots, gradient, learning_rate)
 
     # ------------------------------------------------------------ the dense form, for checkpoints
-    def dense_model(self):
-        """basic model + `NormDense(classes)` holding the full kernel: what checkpoints save.  Usage: model.dense_model().save(path)"""
+    def dense_head(self):
+        """A built `NormDense(classes)` holding the full kernel.  Usage: head = model.dense_head()"""
         head = models.NormDense(self.classes, kernel_regularizer=self.kernel_regularizer, name="NormDense", dtype="float32")
-        output = head(self.basic_model.outputs[0])
+        head.build((None, self.centers.emb_shape))
         head.w.assign(self.centers.get())
+        return head
+
+    def dense_model(self):
+        """basic model + `dense_head()`: what checkpoints save.  Usage: model.dense_model().save(path)"""
+        output = self.dense_head()(self.basic_model.outputs[0])
         return keras.Model(self.basic_model.inputs[0], output, name=self.basic_model.name + "_train")
 
     def load_dense_model(self, dense_model):
@@ -366,39 +395,38 @@ class ShardedHeadModel(keras.Model):
         Usage: model.load_dense_model(keras.models.load_model("model.keras"))
         """
         heads = [layer for layer in dense_model.layers if isinstance(layer, models.NormDense)]
-        if len(heads) != 1 or heads[0].units != self.classes or heads[0].loss_top_k != 1:
-            raise ValueError("ShardedHeadModel.load_dense_model: expected one NormDense({}) head, got {}".format(
-                self.classes, [(layer.name, layer.units) for layer in heads]))
+        if len(heads) != 1:
+            raise ValueError("ShardedHeadModel.load_dense_model: expected one NormDense head in {}, got {}".format(dense_model.name, len(heads)))
+        kernel = _dense_kernel(heads[0], self.classes)
         basic = keras.Model(dense_model.inputs[0], dense_model.get_layer("embedding").output)
         self.basic_model.set_weights(basic.get_weights())
-        self.centers.set(heads[0].w.numpy())
+        self.centers.set(kernel)
 
     def dense_optimizer(self, dense_model):
         """A copy of the compiled optimizer built for `dense_model.trainable_variables` (the basic model's, then the
         head's), the shards' state gathered into the head's slots: the optimizer state a checkpoint saves."""
         optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
         optimizer.build(dense_model.trainable_variables)
-        head_slots = self._head_slots(optimizer, dense_model)
+        head_slots = self._head_slots(optimizer)
         for name, variable in head_slots.items():
             variable.assign(self.centers.get(self.centers.slots[name]))
         _copy_values(self.optimizer.variables, _other_variables(optimizer, head_slots))
         return optimizer
 
-    def load_dense_optimizer(self, optimizer, dense_model):
-        """Take the state of `optimizer`, built for `dense_model` (as `dense_optimizer` or a dense run's checkpoint
-        makes it), into the compiled optimizer and the shards.  Usage: model.load_dense_optimizer(optimizer, dense)"""
+    def load_dense_optimizer(self, optimizer):
+        """Take the state of `optimizer`, built for a dense model (as `dense_optimizer` or a dense run's checkpoint
+        makes it), into the compiled optimizer and the shards.  Usage: model.load_dense_optimizer(optimizer)"""
         if type(optimizer) is not type(self.optimizer):
             raise ValueError("ShardedHeadModel.load_dense_optimizer: the model is compiled with {}, the state is of {}".format(
                 type(self.optimizer).__name__, type(optimizer).__name__))
-        head_slots = self._head_slots(optimizer, dense_model)
+        head_slots = self._head_slots(optimizer)
         for name, slot in self.centers.slots.items():
             self.centers.set(keras.ops.convert_to_numpy(head_slots[name]), slot)
         _copy_values(_other_variables(optimizer, head_slots), self.optimizer.variables)
 
-    def _head_slots(self, optimizer, dense_model):
-        """{shard slot name: `optimizer`'s slot variable of the dense head (the last trainable variable)}."""
-        head_index = len(dense_model.trainable_variables) - 1
-        return {name: getattr(optimizer, self.shard_rule.keras_slots[name])[head_index] for name in self.centers.slots}
+    def _head_slots(self, optimizer):
+        """{shard slot name: `optimizer`'s slot variable of the dense head, its last trainable variable}."""
+        return {name: getattr(optimizer, self.shard_rule.keras_slots[name])[-1] for name in self.centers.slots}
 
     def save(self, filepath, *args, **kwargs):
         """Save the dense form (`dense_model()`): a full model file any number of replicas, or a dense run, loads."""
@@ -418,7 +446,7 @@ class ShardedHeadModel(keras.Model):
         self.load_dense_model(dense_model)
         if optimizer_path is not None and os.path.exists(optimizer_path):
             optimizer = checkpoints.restore_optimizer_state(optimizer_path, dense_model.trainable_variables, dense_model.weights)
-            self.load_dense_optimizer(optimizer, dense_model)
+            self.load_dense_optimizer(optimizer)
 
     def get_config(self):
         config = super().get_config()

@@ -32,6 +32,7 @@ from . import io_utils
 from . import losses
 from . import models
 from . import myCallbacks
+from . import sharded_head
 
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
 
@@ -126,6 +127,8 @@ class Train:
     steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
         batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
         compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
+    shard_centers: True: when the strategy has more than one replica, the NormDense class centers of margin-loss plans
+        are sharded across the replicas (`sharded_head.ShardedHeadModel`, docs/distributed.md); checkpoints stay dense.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -158,11 +161,13 @@ class Train:
         mixed_precision=None,
         steps_per_execution=1,
         jit_compile="auto",
+        shard_centers=False,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
         self._check_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile)
         self.steps_per_execution, self.jit_compile = steps_per_execution, jit_compile
+        self.shard_centers = bool(shard_centers)
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.batch_size = batch_size * self.num_replicas
@@ -319,6 +324,11 @@ class Train:
 
     def _build_model(self, loss_type, loss_top_k, append_norm, with_center, with_triplet, with_distill):
         """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
+        if self._uses_sharded_head(loss_type, loss_top_k, append_norm, with_center or with_triplet or with_distill):
+            self.model, self.output_kinds = self._sharded_model(), ["label"]
+            return
+        if isinstance(self.model, sharded_head.ShardedHeadModel):
+            self.output_layer = self.model.dense_head()  # a dense plan continues from the sharded centers
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
             head = keras.layers.Identity(name=loss_type, dtype="float32")
@@ -334,6 +344,27 @@ class Train:
             kinds.append("embedding")
         self.model = keras.Model(self.basic_model.inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
         self.output_kinds = kinds
+
+    def _uses_sharded_head(self, loss_type, loss_top_k, append_norm, with_extra_outputs):
+        """True for a margin-loss plan under `shard_centers` and more than one replica; refuses what it cannot shard."""
+        if not self.shard_centers or self.num_replicas < 2 or loss_type in EMBEDDING_TYPES:
+            return False
+        if loss_type != "arcface" or loss_top_k != 1 or append_norm or with_extra_outputs:
+            raise ValueError(
+                "shard_centers: only margin-loss plans without lossTopK, feature-norm losses, centerloss, triplet or distill "
+                "shard their class centers; got type={}, lossTopK={}".format(loss_type, loss_top_k)
+            )
+        return True
+
+    def _sharded_model(self):
+        """The ShardedHeadModel of this run: kept across plans, starting from the dense head's centers when there is one."""
+        signature = ("arcface", self.classes, 1, False)
+        if isinstance(self.model, sharded_head.ShardedHeadModel) and self.head_signature == signature:
+            return self.model
+        dense_head = self.output_layer if self.head_signature == signature else None
+        print(">>>> Build output layer: class centers sharded across {} replicas, classes={}".format(self.num_replicas, self.classes))
+        self.head_signature = signature
+        return sharded_head.ShardedHeadModel(self.basic_model, self.classes, kernel_regularizer=self._output_regularizer(), dense_head=dense_head)
 
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
@@ -421,6 +452,7 @@ class Train:
             self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0], **execution)
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics, **execution)
+        self.optimizer = self.model.optimizer  # a sharded head compiles a copy of an optimizer built for a dense head
 
     def _metrics(self, loss_type, num_outputs):
         if loss_type in EMBEDDING_TYPES:

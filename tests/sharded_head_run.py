@@ -13,7 +13,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_insightface import checkpoints, losses, models, sharded_head  # noqa: E402
+from keras_insightface import checkpoints, losses, models, sharded_head, train  # noqa: E402
+from tests.helpers import make_image_folder  # noqa: E402
 
 CLASSES, EMB, BATCH, STEPS = 7, 8, 8, 3  # 7 classes over 2 replicas: shards of 4 columns, one padding column
 rng = np.random.default_rng(0)
@@ -124,6 +125,45 @@ def memory(strategy):
     return {"per_device": centers.bytes_per_device(), "dense": 2 * 16 * 1000 * 4}
 
 
+def train_basic_model():
+    """112x112 input for Train's pipeline, no BatchNorm."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((112, 112, 3))
+    nn = keras.layers.Conv2D(4, 3, strides=8)(inputs)
+    nn = keras.layers.GlobalAveragePooling2D()(nn)
+    nn = keras.layers.Dense(EMB, name="embedding")(nn)
+    return keras.Model(inputs, nn, name="tiny112")
+
+
+def train_resume(strategy, workdir):
+    """Train(shard_centers=True) on 2 replicas for 1 epoch; its checkpoint resumed for 1 more epoch on 2 replicas by the
+    sharded head and by the dense head (shard_centers=False)."""
+    data = make_image_folder(os.path.join(workdir, "faces"))
+    plan = lambda: [{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "optimizer": keras.optimizers.SGD(0.05, momentum=0.9)}]  # noqa: E731
+    options = {"eval_paths": [], "lr_base": 0.05, "lr_decay": 1.0, "seed": 0, "random_status": 0}
+    os.chdir(workdir)
+    with strategy.scope():
+        first = train.Train(data, "first.keras", basic_model=train_basic_model(), batch_size=4, shard_centers=True, **options)
+        first.train(plan(), 0)
+        sharded_model = type(first.model).__name__
+        sharded = train.Train(data, "sharded.keras", model="checkpoints/first.keras", batch_size=4, shard_centers=True, **options)
+        sharded.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1}], 1)
+        dense = train.Train(data, "dense.keras", model="checkpoints/first.keras", batch_size=4, **options)
+        dense.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1}], 1)
+    checkpoint = keras.models.load_model("checkpoints/sharded.keras", compile=False)
+    first_kernel = keras.models.load_model("checkpoints/first.keras", compile=False).get_layer("NormDense").w.numpy()
+    dense_kernel = dense.model.get_layer("NormDense").w.numpy()
+    return {
+        "first_model": sharded_model,
+        "resumed_model": type(sharded.model).__name__,
+        "checkpoint_head": checkpoint.get_layer("NormDense").w.shape[1],
+        "kernel": max_difference([dense_kernel], [sharded.model.centers.get()]),
+        "checkpoint_kernel": max_difference([dense_kernel], [checkpoint.get_layer("NormDense").w.numpy()]),
+        "basic": max_difference(dense.basic_model.get_weights(), sharded.basic_model.get_weights()),
+        "kernel_moved": float(np.abs(dense_kernel - first_kernel).max()),
+    }
+
+
 def main(workdir):
     strategy = tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
     sgd_result, continuous = compare(strategy, lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: losses.ArcfaceLoss(scale=16))
@@ -134,6 +174,7 @@ def main(workdir):
         "adam_cosface_smoothing": adam_result,
         "resume": resume(strategy, workdir, continuous),
         "memory": memory(strategy),
+        "train": train_resume(strategy, workdir),
     }))
 
 

@@ -75,3 +75,12 @@ def test_unsupported_losses_are_refused(loss):
 def test_unsupported_optimizers_are_refused(optimizer, message):
     with pytest.raises(ValueError, match=message):
         sharded_head.shard_rule(optimizer)
+
+
+def test_train_shard_centers_checkpoints_dense_and_resumes_equal_to_the_dense_head(two_replicas):
+    result = two_replicas["train"]
+    assert result["first_model"] == result["resumed_model"] == "ShardedHeadModel"
+    assert result["checkpoint_head"] == 4  # the checkpoint holds NormDense over every class
+    assert result["kernel_moved"] > 1e-2
+    for key in ("kernel", "checkpoint_kernel", "basic"):
+        assert result[key] < TOLERANCE, (key, result)
