@@ -344,6 +344,8 @@ class ShardedHeadModel(keras.Model):
         return [self.loss_tracker, self.accuracy_tracker]
 
     def train_step(self, data):
+        if len(data) > 2 and data[2] is not None:
+            raise ValueError("ShardedHeadModel: sample weights are not supported")
         images, labels = data[:2]
         labels = losses.class_labels(labels)
         context = tf.distribute.get_replica_context()
@@ -353,20 +355,24 @@ class ShardedHeadModel(keras.Model):
             tape.watch(kernel)
             embedding = self.basic_model(images, training=True)
             sample_loss, hits = replica_margin_loss(self.margin_loss, embedding, labels, kernel, self.classes)
-            loss = tf.reduce_sum(sample_loss) / global_batch + self._regularization(kernel)
+            basic_term, shard_term = self._regularization(kernel)
+            replicas = context.num_replicas_in_sync
+            loss = tf.reduce_sum(sample_loss) / global_batch + basic_term / replicas + shard_term
         variables = self.basic_model.trainable_variables
         *gradients, kernel_gradient = tape.gradient(loss, [*variables, kernel])
         self._update_shard(kernel_gradient)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        self.loss_tracker.update_state(sample_loss)
+        # as Keras logs a dense model's loss: the batch mean plus every regularization term
+        reported = tf.reduce_mean(sample_loss) + basic_term + context.all_reduce("sum", shard_term)
+        self.loss_tracker.update_state(reported, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
         self.accuracy_tracker.update_state(hits)
         return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
 
     def _regularization(self, kernel):
-        """The basic model's losses (shared by the replicas, so divided by their number) + the shard's own term."""
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        total = tf.add_n([tf.cast(term, tf.float32) for term in self.basic_model.losses]) / replicas if self.basic_model.losses else 0.0
-        return total + (self.kernel_regularizer(kernel) if self.kernel_regularizer else 0.0)
+        """(the basic model's regularization, the same on every replica; this shard's kernel regularization)."""
+        basic_term = tf.add_n([tf.cast(term, tf.float32) for term in self.basic_model.losses]) if self.basic_model.losses else tf.constant(0.0)
+        shard_term = tf.cast(self.kernel_regularizer(kernel), tf.float32) if self.kernel_regularizer else tf.constant(0.0)
+        return basic_term, shard_term
 
     def _update_shard(self, gradient):
         """The compiled optimizer's rule on this replica's shard, at the learning rate of this step (before its

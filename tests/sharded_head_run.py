@@ -24,13 +24,13 @@ LABELS[:2] = [0, CLASSES - 1]  # both shards own a target in the first batch
 KERNEL = rng.normal(size=(EMB, CLASSES)).astype("float32")
 
 
-def basic_model():
+def basic_model(l2=0.0):
     """No BatchNorm: per-replica batch statistics would differ from the global batch's."""
     keras.utils.set_random_seed(1)
     inputs = keras.Input((6, 6, 3))
     nn = keras.layers.Conv2D(4, 3)(inputs)
     nn = keras.layers.GlobalAveragePooling2D()(nn)
-    nn = keras.layers.Dense(EMB, name="embedding")(nn)
+    nn = keras.layers.Dense(EMB, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name="embedding")(nn)
     return keras.Model(inputs, nn, name="tiny")
 
 
@@ -58,18 +58,18 @@ def fit(model, data):
     return recorder.step_losses()
 
 
-def dense_run(make_optimizer, loss):
-    basic = basic_model()
-    head = models.NormDense(CLASSES, name="NormDense")
+def dense_run(make_optimizer, loss, l2=0.0):
+    basic = basic_model(l2)
+    head = models.NormDense(CLASSES, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name="NormDense")
     model = keras.Model(basic.inputs, head(basic.outputs[0]))
     head.w.assign(KERNEL)
     model.compile(optimizer=make_optimizer(), loss=loss)
     return fit(model, batches()), head.w.numpy(), basic.get_weights()
 
 
-def sharded_model(strategy, make_optimizer, loss):
+def sharded_model(strategy, make_optimizer, loss, l2=0.0):
     with strategy.scope():
-        model = sharded_head.ShardedHeadModel(basic_model(), CLASSES)
+        model = sharded_head.ShardedHeadModel(basic_model(l2), CLASSES, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)
         model.compile(optimizer=make_optimizer(), loss=loss)
     model.centers.set(KERNEL)
     return model
@@ -79,9 +79,9 @@ def max_difference(first, second):
     return float(max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(first, second)))
 
 
-def compare(strategy, make_optimizer, make_loss):
-    dense_losses, dense_kernel, dense_basic = dense_run(make_optimizer, make_loss())
-    model = sharded_model(strategy, make_optimizer, make_loss())
+def compare(strategy, make_optimizer, make_loss, l2=0.0):
+    dense_losses, dense_kernel, dense_basic = dense_run(make_optimizer, make_loss(), l2)
+    model = sharded_model(strategy, make_optimizer, make_loss(), l2)
     sharded_losses = fit(model, batches())
     return {
         "loss": max_difference([dense_losses], [sharded_losses]),
@@ -167,7 +167,7 @@ def train_resume(strategy, workdir):
 def main(workdir):
     strategy = tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
     sgd_result, continuous = compare(strategy, lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: losses.ArcfaceLoss(scale=16))
-    adam_result, _ = compare(strategy, lambda: keras.optimizers.Adam(0.01), lambda: losses.CosFaceLoss(scale=16, label_smoothing=0.1))
+    adam_result, _ = compare(strategy, lambda: keras.optimizers.Adam(0.01), lambda: losses.CosFaceLoss(scale=16, label_smoothing=0.1), l2=0.01)
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
         "sgd_arcface": sgd_result,

@@ -34,7 +34,7 @@ def test_two_replicas_equal_dense_head_sgd_momentum_arcface(two_replicas):
         assert result[key] < TOLERANCE, (key, result)
 
 
-def test_two_replicas_equal_dense_head_adam_cosface_label_smoothing(two_replicas):
+def test_two_replicas_equal_dense_head_adam_cosface_label_smoothing_l2(two_replicas):
     result = two_replicas["adam_cosface_smoothing"]
     assert result["kernel_moved"] > 1e-3
     for key in ("loss", "kernel", "basic"):
