@@ -92,7 +92,8 @@ def run_case(devices, args):
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         name = "sharded_head_d{}_c{}".format(devices, args.classes)
-        print(json.dumps({"name": name, "metric": "error", "value": done.stderr.strip()[-300:], "unit": "", "machine": machine()}))
+        reason = "exit status {}: {}".format(done.returncode, done.stderr.strip()[-300:])
+        print(json.dumps({"name": name, "metric": "error", "value": reason, "unit": "", "machine": machine()}))
         return
     print(done.stdout.strip(), flush=True)
 

@@ -173,13 +173,10 @@ class ShardedCenters:
         generator = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.Generator.from_non_deterministic_state()
         for shard_id, shard in enumerate(self.shards(self.kernel)):
             with tf.device(shard.device):
-                values = generator.truncated_normal(shard.shape, stddev=stddev)
-                shard.assign(values * self._column_mask(shard_id))
-
-    def _column_mask(self, shard_id):
-        """1.0 for the shard's real classes, 0.0 for its padding columns."""
-        columns = shard_id * self.shard_units + np.arange(self.shard_units)
-        return (columns < self.classes).astype("float32")
+                shard.assign(generator.truncated_normal(shard.shape, stddev=stddev))
+                padding_from = max(self.classes - shard_id * self.shard_units, 0)
+                if padding_from < self.shard_units:
+                    shard[:, padding_from:].assign(tf.zeros((self.emb_shape, self.shard_units - padding_from)))
 
     def shards(self, matrix):
         """The per-device components of `matrix`, in replica order."""
