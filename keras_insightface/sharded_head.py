@@ -84,7 +84,8 @@ class ShardRule:
 
 
 class SGDRule(ShardRule):
-    """keras.optimizers.SGD: `m = momentum * m - lr * g`; `w += m` (nesterov: `w += momentum * m - lr * g`)."""
+    """keras.optimizers.SGD: `m = momentum * m - lr * g`; `w += m` (nesterov: `w += momentum * m - lr * g`), in place
+    (TensorFlow's fused `ResourceApplyKerasMomentum`: no shard-sized temporaries)."""
 
     keras_slots = {"momentum": "momentums"}
 
@@ -93,15 +94,17 @@ class SGDRule(ShardRule):
 
     def update(self, optimizer, kernel, slots, gradient, learning_rate):
         if not optimizer.momentum:
-            kernel.assign_sub(learning_rate * gradient)
+            tf.raw_ops.ResourceApplyGradientDescent(var=kernel.handle, alpha=learning_rate, delta=gradient)
             return
-        momentum = slots["momentum"]
-        momentum.assign(optimizer.momentum * momentum - learning_rate * gradient)
-        kernel.assign_add(optimizer.momentum * momentum - learning_rate * gradient if optimizer.nesterov else momentum)
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=kernel.handle, accum=slots["momentum"].handle, lr=learning_rate, grad=gradient,
+            momentum=tf.cast(optimizer.momentum, kernel.dtype), use_nesterov=bool(optimizer.nesterov),
+        )
 
 
 class AdamRule(ShardRule):
-    """keras.optimizers.Adam: bias-corrected step `lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon)`."""
+    """keras.optimizers.Adam: `m += (g - m) * (1 - b1)`, `v += (g^2 - v) * (1 - b2)`, then the bias-corrected step
+    `w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon)`, in place (TensorFlow's `ResourceApplyAdam`)."""
 
     keras_slots = {"m": "_momentums", "v": "_velocities"}
 
@@ -111,11 +114,11 @@ class AdamRule(ShardRule):
 
     def update(self, optimizer, kernel, slots, gradient, learning_rate):
         step = tf.cast(optimizer.iterations + 1, kernel.dtype)
-        alpha = learning_rate * tf.sqrt(1 - optimizer.beta_2 ** step) / (1 - optimizer.beta_1 ** step)
-        m, v = slots["m"], slots["v"]
-        m.assign_add((gradient - m) * (1 - optimizer.beta_1))
-        v.assign_add((tf.square(gradient) - v) * (1 - optimizer.beta_2))
-        kernel.assign_sub(m * alpha / (tf.sqrt(v) + optimizer.epsilon))
+        beta_1, beta_2 = tf.cast(optimizer.beta_1, kernel.dtype), tf.cast(optimizer.beta_2, kernel.dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=kernel.handle, m=slots["m"].handle, v=slots["v"].handle, beta1_power=beta_1 ** step, beta2_power=beta_2 ** step,
+            lr=learning_rate, beta1=beta_1, beta2=beta_2, epsilon=tf.cast(optimizer.epsilon, kernel.dtype), grad=gradient,
+        )
 
 
 # optimizer class -> its shard rule; the first class in the optimizer's MRO found here applies (SGDW, AdamW included)
@@ -141,6 +144,17 @@ def shard_rule(optimizer):
         "ShardedHeadModel: optimizer {} has no shard update rule; supported: {}".format(
             type(optimizer).__name__, [klass.__name__ for klass in SHARD_RULES])
     )
+
+
+def shard_step(optimizer, rule, kernel, slots, gradient):
+    """One step of `optimizer` on `kernel` (with its `slots`) by `rule`, as `optimizer.apply_gradients` would take it
+    at its current `iterations`: weight decay, then the update, at the current learning rate.
+
+    Usage: shard_step(optimizer, shard_rule(optimizer), kernel, {"momentum": momentum}, gradient)
+    """
+    learning_rate = tf.cast(optimizer.learning_rate, kernel.dtype)
+    _decay(optimizer, kernel, learning_rate)
+    rule.update(optimizer, kernel, slots, gradient, learning_rate)
 
 
 # ---------------------------------------------------------------- the sharded matrices
@@ -372,12 +386,8 @@ class ShardedHeadModel(keras.Model):
         return basic_term, shard_term
 
     def _update_shard(self, gradient):
-        """The compiled optimizer's rule on this replica's shard, at the learning rate of this step (before its
-        `iterations` advance)."""
-        kernel = self.centers.kernel
-        learning_rate = tf.cast(self.optimizer.learning_rate, kernel.dtype)
-        _decay(self.optimizer, kernel, learning_rate)
-        self.shard_rule.update(self.optimizer, kernel, self.centers.slots, gradient, learning_rate)
+        """The compiled optimizer's step on this replica's shard, before the backbone's step advances `iterations`."""
+        shard_step(self.optimizer, self.shard_rule, self.centers.kernel, self.centers.slots, gradient)
 
     # ------------------------------------------------------------ the dense form, for checkpoints
     def dense_head(self):

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
-from keras_insightface import losses, sharded_head
+from keras_insightface import losses, optimizers, sharded_head
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
@@ -84,3 +86,34 @@ def test_train_shard_centers_checkpoints_dense_and_resumes_equal_to_the_dense_he
     assert result["kernel_moved"] > 1e-2
     for key in ("kernel", "checkpoint_kernel", "basic"):
         assert result[key] < TOLERANCE, (key, result)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1),
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.01),
+        lambda: optimizers.SGDW(0.1, weight_decay=1e-3, momentum=0.9),
+        lambda: keras.optimizers.Adam(0.01),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+        lambda: optimizers.AdamW(0.01, weight_decay=1e-3),
+    ],
+)
+def test_shard_step_follows_the_keras_optimizer(make_optimizer):
+    rng = np.random.default_rng(0)
+    start, gradients = rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=(3, 3, 5)).astype("float32")
+    reference, keras_optimizer = keras.Variable(start), make_optimizer()
+    for gradient in gradients:
+        keras_optimizer.apply_gradients([(gradient, reference)])
+
+    optimizer = make_optimizer()
+    optimizer.build([])
+    rule = sharded_head.shard_rule(optimizer)
+    kernel = tf.Variable(start)
+    slots = {name: tf.Variable(np.zeros_like(start)) for name in rule.slot_names(optimizer)}
+    for gradient in gradients:
+        sharded_head.shard_step(optimizer, rule, kernel, slots, tf.constant(gradient))
+        optimizer.iterations.assign_add(1)
+    np.testing.assert_allclose(kernel.numpy(), reference.numpy(), atol=1e-6)
+    assert np.abs(kernel.numpy() - start).max() > 1e-3
