@@ -213,10 +213,9 @@ class ShardedCenters:
         values = np.asarray(values, dtype="float32")
         if values.shape != (self.emb_shape, self.classes):
             raise ValueError("ShardedCenters.set: expected a matrix of shape {}, got {}".format((self.emb_shape, self.classes), values.shape))
-        padded = np.zeros((self.emb_shape, self.shard_units * self.num_shards), "float32")
-        padded[:, : self.classes] = values
         for shard_id, shard in enumerate(self.shards(matrix)):
-            shard.assign(padded[:, shard_id * self.shard_units : (shard_id + 1) * self.shard_units])
+            columns = values[:, shard_id * self.shard_units : (shard_id + 1) * self.shard_units]
+            shard.assign(np.pad(columns, ((0, 0), (0, self.shard_units - columns.shape[1]))))
 
     def bytes_per_device(self):
         """{device: bytes of the kernel and slot shards it holds}."""
@@ -251,6 +250,8 @@ def replica_margin_loss(margin_loss, embedding, labels, kernel, classes):
     begin = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
     embeddings = context.all_gather(embedding, axis=0)
     all_labels = context.all_gather(labels, axis=0)
+    tf.debugging.assert_non_negative(all_labels, message="ShardedHeadModel: labels must be class indices >= 0")
+    tf.debugging.assert_less(all_labels, classes, message="ShardedHeadModel: labels must be < classes")
 
     first_class = tf.cast(context.replica_id_in_sync_group, tf.int32) * shard_size
     valid = first_class + tf.range(shard_size) < classes

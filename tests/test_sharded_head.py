@@ -117,3 +117,37 @@ def test_shard_step_follows_the_keras_optimizer(make_optimizer):
         optimizer.iterations.assign_add(1)
     np.testing.assert_allclose(kernel.numpy(), reference.numpy(), atol=1e-6)
     assert np.abs(kernel.numpy() - start).max() > 1e-3
+
+
+def tiny_basic_model(emb=4):
+    inputs = keras.Input((4, 4, 3))
+    nn = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(emb, name="embedding")(nn), name="tiny")
+
+
+def test_one_replica_config_round_trip_and_dense_form():
+    model = sharded_head.ShardedHeadModel(tiny_basic_model(), 5, kernel_regularizer=keras.regularizers.L2(0.1), seed=0)
+    copy = sharded_head.ShardedHeadModel.from_config(model.get_config())
+    assert (copy.classes, copy.centers.shard_units, type(copy.kernel_regularizer)) == (5, 5, keras.regularizers.L2)
+    dense = model.dense_model()
+    assert dense.output_shape == (None, 5)
+    np.testing.assert_array_equal(dense.get_layer("NormDense").w.numpy(), model.centers.get())
+    copy.load_dense_model(dense)
+    np.testing.assert_array_equal(copy.centers.get(), model.centers.get())
+
+
+def test_dense_model_of_other_classes_is_refused():
+    model = sharded_head.ShardedHeadModel(tiny_basic_model(), 5)
+    other = sharded_head.ShardedHeadModel(tiny_basic_model(), 6).dense_model()
+    with pytest.raises(ValueError, match=r"NormDense\(5\)"):
+        model.load_dense_model(other)
+    with pytest.raises(ValueError, match="shape"):
+        model.centers.set(np.zeros((4, 6)))
+
+
+def test_labels_outside_the_classes_are_refused():
+    model = sharded_head.ShardedHeadModel(tiny_basic_model(), 5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.ArcfaceLoss())
+    images, labels = np.zeros((2, 4, 4, 3), "float32"), np.array([0, 5])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be < classes"):
+        model.fit(images, labels, batch_size=2, epochs=1, verbose=0)
