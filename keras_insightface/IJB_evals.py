@@ -17,10 +17,10 @@ import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
 from . import cli, face_io
+from .face_align import align_face
 from .io_utils import atomic_path, atomic_write_text
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -28,10 +28,6 @@ FPIRS = (0.01, 0.1)
 TOP_K = (1, 5, 10)
 DEFAULT_SCENARIO = "N0D1F1"
 ALL_SCENARIOS = tuple("N{}D{}F{}".format(n, d, f) for n in (1, 0) for d in (1, 0) for f in (1, 0))
-ARCFACE_SIZE = (112, 112)
-ARCFACE_TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], dtype="float32"
-)
 SUBSET_FILES = {
     "IJBB": {"prefix": "ijbb", "galleries": ("S1", "S2")},
     "IJBC": {"prefix": "ijbc", "galleries": ("G1", "G2")},
@@ -259,26 +255,6 @@ def read_1n_meta(data_path, subset, known_templates):
 
 
 # ------------------------------------------------------------------------------------------------ alignment and embeddings
-def _similarity_matrix(landmark, template=ARCFACE_TEMPLATE):
-    from skimage.transform import SimilarityTransform
-
-    landmark = np.asarray(landmark, dtype="float64").reshape(5, 2)
-    if hasattr(SimilarityTransform, "from_estimate"):
-        transform = SimilarityTransform.from_estimate(landmark, template)
-        ok = bool(transform)
-    else:
-        transform = SimilarityTransform()
-        ok = transform.estimate(landmark, template)
-    if not ok:
-        raise ValueError("landmarks {} do not define a similarity transform".format(landmark.tolist()))
-    return transform.params[:2]
-
-
-def align_face(image, landmark):
-    """Warp `image` so its 5 landmarks land on the 112x112 ArcFace template.  Usage: face = align_face(rgb, lmk)"""
-    return cv2.warpAffine(np.ascontiguousarray(image), _similarity_matrix(landmark), ARCFACE_SIZE, borderValue=0.0)
-
-
 def load_aligned_face(path, landmark):
     """Read an image file as RGB and align it.  Usage: face = load_aligned_face("loose_crop/1.jpg", lmk)"""
     image = face_io.read_image(path)

@@ -313,6 +313,66 @@ def make_augment(random_status=0, seed=None, random_cutout_mask_area=0.0):
     return augment
 
 
+# ---------------------------------------------------------------- mixup
+MIXUP_NO_MIX_ABOVE = 0.9  # the original counts a drawn weight above 0.9 as no mixup (weight 1)
+
+
+def mixup_weights_and_partners(batch_size, alpha, seed_pair):
+    """The original's mixup draws for a batch: per sample a weight `w ~ Beta(alpha, alpha)` folded to
+    `max(w, 1 - w)`, 1 where above 0.9, and its partner, a random permutation of the batch.
+
+    Usage: weights, partners = mixup_weights_and_partners(512, 0.4, tf.constant([1, 2]))
+    """
+    seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
+    gamma_1 = tf.random.stateless_gamma([batch_size], seeds[0], alpha=alpha)
+    gamma_2 = tf.random.stateless_gamma([batch_size], seeds[1], alpha=alpha)
+    weights = gamma_1 / (gamma_1 + gamma_2)
+    weights = tf.maximum(weights, 1.0 - weights)
+    weights = tf.where(weights > MIXUP_NO_MIX_ABOVE, tf.ones_like(weights), weights)
+    return weights, tf.random.experimental.stateless_shuffle(tf.range(batch_size), seeds[2])
+
+
+def mixup(images, label_rows, alpha, seed_pair):
+    """Mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018) within a batch, as the original:
+    `x_i * w_i + x_p(i) * (1 - w_i)` and the same for the label rows, with `mixup_weights_and_partners`.
+
+    Usage: images, soft_labels = mixup(images, tf.one_hot(labels, num_classes), 0.4, seed_pair)
+    """
+    weights, partners = mixup_weights_and_partners(tf.shape(images)[0], alpha, seed_pair)
+    image_weights = tf.cast(weights[:, None, None, None], images.dtype)
+    label_weights = tf.cast(weights[:, None], label_rows.dtype)
+    images = images * image_weights + tf.gather(images, partners) * (1.0 - image_weights)
+    label_rows = label_rows * label_weights + tf.gather(label_rows, partners) * (1.0 - label_weights)
+    return images, label_rows
+
+
+def check_mixup_alpha(mixup_alpha):
+    """`mixup_alpha` in [0, 1] (0: off), as the original enables it for (0, 1].  Usage: check_mixup_alpha(0.4)"""
+    if not isinstance(mixup_alpha, (int, float)) or not 0 <= mixup_alpha <= 1:
+        raise ValueError("mixup_alpha is the Beta(alpha, alpha) concentration in (0, 1], or 0 for no mixup; got {!r}".format(mixup_alpha))
+    return float(mixup_alpha)
+
+
+# ---------------------------------------------------------------- online distillation
+def with_teacher_embeddings(ds, teacher, norm=face_io.KERAS_NORM):
+    """Batches `(images, labels[, embeddings])` -> `(images, (labels, teacher embeddings))`: the original's
+    `teacher_model_interf`, a teacher embedding the very images the student gets (augmented, mixed), inside the
+    input pipeline as the original does. Images normalized by `norm` reach the teacher normalized its own way
+    (`face_io.model_normalization(teacher)`); the first output of the teacher, as float32, is the embedding. A
+    dataset's own teacher embeddings are replaced.
+    Usage: ds = with_teacher_embeddings(ds, keras.models.load_model("teacher_basic.h5"), norm=face_io.KERAS_NORM)
+    """
+    (mean, std), (teacher_mean, teacher_std) = norm, face_io.model_normalization(teacher)
+
+    def embed(images, labels):
+        labels = labels[0] if isinstance(labels, tuple) else labels
+        teacher_images = images if (mean, std) == (teacher_mean, teacher_std) else (images * std + mean - teacher_mean) / teacher_std
+        embeddings = tf.nest.flatten(teacher(teacher_images, training=False))[0]
+        return images, (labels, tf.cast(embeddings, tf.float32))
+
+    return ds.map(embed)
+
+
 # ---------------------------------------------------------------- decoding
 def _load_image(path, img_shape):
     """Read and decode one image file to uint8 [H, W, 3], resized when its size differs from img_shape."""
@@ -578,8 +638,9 @@ def _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, cou
     return ds.map(flatten)
 
 
-def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM):
-    """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets."""
+def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM, mixup_alpha=0.0, num_classes=None):
+    """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets; with
+    `mixup_alpha` > 0 the labels become mixed float32 rows of width `num_classes`."""
 
     def augment_and_normalize(images, seed):
         images = tf.cast(images, tf.float32)
@@ -595,8 +656,12 @@ def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_N
 
     def finish(epoch_seed, batch):
         first_position, images, labels, *embedding = batch
-        images = finish_images(images, tf.random.experimental.stateless_fold_in(epoch_seed, first_position))
+        seed = tf.random.experimental.stateless_fold_in(epoch_seed, first_position)
+        images = finish_images(images, seed)
         labels = tf.cast(labels, tf.int32)
+        if mixup_alpha > 0:
+            label_rows = tf.one_hot(labels, num_classes, dtype=tf.float32)
+            images, labels = mixup(images, label_rows, mixup_alpha, tf.random.experimental.stateless_fold_in(seed, 11))
         return images, (labels, tf.cast(embedding[0], tf.float32)) if embedding else labels
 
     return finish
@@ -617,6 +682,7 @@ def prepare_dataset_and_classes(
     is_train=True,
     seed=None,
     norm=None,
+    mixup_alpha=0,
 ):
     """tf.data batches `(images, labels)`, or `(images, (labels, embeddings))` for distiller data; steps per epoch;
     the number of classes.
@@ -627,7 +693,9 @@ def prepare_dataset_and_classes(
     is_train. At random_status 3 .. 99 a random `random_crop` (h, w[, c]) window of each image is resized back to
     img_shape (default (100, 100, 3), as the original Keras_insightface; None crops nothing; the RandAugment levels
     >= 100 do not crop, as the original). `random_cutout_mask_area` (0..1) fills the lower part of that share of the
-    training images with gray, the original's mask stand-in (`cutout_lower_part`). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
+    training images with gray, the original's mask stand-in (`cutout_lower_part`). `mixup_alpha` in (0, 1] mixes each
+    training batch with itself as the original (`mixup`, after augmentation and normalization): labels are then float32
+    rows [B, num_classes] of two classes' weights (not with teacher embeddings). `image_per_class=K > 0` makes every batch out of whole groups of K images of one class (classes with
     fewer than K images are left out). `cache` is True (memory) or a file prefix for `Dataset.cache` of the decoded
     images. Unreadable images are skipped with a printed count. `data_path` is a folder, a `.npz`, a distiller
     `.tfrecord`, or a `prepare_data.py --tfrecord` shard set (its folder or `tfrecord_shards.json`): the shard order,
@@ -638,6 +706,9 @@ def prepare_dataset_and_classes(
     data_path = os.fspath(data_path)
     img_shape = tuple(int(ii) for ii in img_shape[:2])
     image_per_class = int(image_per_class or 0)
+    mixup_alpha = check_mixup_alpha(mixup_alpha) if is_train else 0.0
+    if mixup_alpha and image_per_class:
+        raise ValueError("mixup_alpha={} mixes the labels of a batch; triplet batches (image_per_class={}) need whole labels".format(mixup_alpha, image_per_class))
     shard_description = shard_description_path(data_path)
     if image_per_class and (cache or data_path.endswith(".tfrecord") or shard_description):
         raise ValueError("image_per_class={} works with a folder or npz dataset without cache".format(image_per_class))
@@ -679,6 +750,9 @@ def prepare_dataset_and_classes(
         return (position, loader(paths, img_shape), *rest)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    if mixup_alpha and len(ds.element_spec) > 3:
+        raise ValueError("{}: mixup_alpha={} with prepared teacher embeddings: mix images with a teacher computing "
+                         "embeddings of the mixed images instead (Train's teacher_model_interf)".format(data_path, mixup_alpha))
     if cache:  # decoded images are counted and cached in file order, then shuffled every epoch
         ds = _counting_skipped(ds, num_positions).cache("" if cache is True else os.fspath(cache))
         if is_train:
@@ -690,7 +764,8 @@ def prepare_dataset_and_classes(
     augment = make_augment(random_status, seed, random_cutout_mask_area) if is_train else None
     crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
     finish = _batch_finisher(augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
-                             norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm))
+                             norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm),
+                             mixup_alpha=mixup_alpha, num_classes=num_classes)
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     steps_per_epoch = num_images // batch_size if drop_remainder else -(-num_images // batch_size)
     return ds.prefetch(tf.data.AUTOTUNE), steps_per_epoch, num_classes

@@ -6,8 +6,12 @@ scores are that image's similarities to its classmates, negative scores its simi
 image. Top-1 accuracy: each image is assigned the class whose registered image is most similar. Also printed:
 ROC AUC and TPR at FPR 1e-6 .. 1e-1 (the ROC point nearest each FPR).
 
+`-D scrfd_10g_bnkps.onnx` (Python: `detection=` a path or a callable) first aligns the best face of every image to
+the ArcFace 112x112 template into `<data_path>_aligned_112_112` and evaluates that folder (face_align.py).
+
 Usage:
     keras-insightface-eval-folder -m basic_model.h5 -d faces_test/ -S faces_test_embs.npz
+    keras-insightface-eval-folder -m basic_model.h5 -d faces_raw/ -D ~/models/scrfd_10g_bnkps.onnx
     from keras_insightface.eval_folder import eval_folder; eval_folder("basic_model.h5", "faces_test/")
 """
 import argparse
@@ -18,6 +22,7 @@ import numpy as np
 
 from . import cli
 from . import data
+from . import face_align
 from . import face_io
 from . import io_utils
 from . import model_interf
@@ -61,13 +66,15 @@ def folder_embeddings(model_file, data_path, batch_size=64):
     return face_io.l2_normalize(model(images), dtype="float32"), np.asarray(image_classes, "int64"), np.asarray(image_names)
 
 
-def _load_or_embed(model_file, data_path, batch_size, save_embeddings):
+def _load_or_embed(model_file, data_path, batch_size, save_embeddings, detection=None):
     if save_embeddings and os.path.exists(save_embeddings):
         print(">>>> Reloading from backup:", save_embeddings)
         saved = np.load(save_embeddings)
         return saved["embs"].astype("float32"), saved["imm_classes"].astype("int64"), saved["filenames"]
     if not model_file or not data_path:
         raise ValueError("give --model_file and --data_path (or an existing --save_embeddings file)")
+    if detection is not None:
+        data_path = face_align.detect_and_align_folder(detection, data_path)
     embs, classes, names = folder_embeddings(model_file, data_path, batch_size)
     if save_embeddings:
         print(">>>> Saving embeddings to:", save_embeddings)
@@ -77,12 +84,15 @@ def _load_or_embed(model_file, data_path, batch_size, save_embeddings):
     return embs, classes, names
 
 
-def eval_folder(model_file, data_path, batch_size=128, save_embeddings=None):
+def eval_folder(model_file, data_path, batch_size=128, save_embeddings=None, detection=None):
     """Print and return {"top1", "auc", "tpr_at_fpr"} of a model on an identity folder; `save_embeddings` (.npz) caches.
+
+    detection: a SCRFD `.onnx` path or a callable `image -> landmarks [N, 5, 2]` (face_align.load_detector): the faces
+    are detected and aligned into `<data_path>_aligned_112_112` first, and that folder is evaluated.
 
     Usage: results = eval_folder("basic_model.h5", "faces_test/", batch_size=64)
     """
-    embs, classes, _ = _load_or_embed(model_file, data_path, batch_size, save_embeddings)
+    embs, classes, _ = _load_or_embed(model_file, data_path, batch_size, save_embeddings, detection)
     pos_dists, neg_dists, register_sims, register_ids = register_scores(embs, classes)
     print(">>>> pos_dists:", pos_dists.shape, "neg_dists:", neg_dists.shape, "register_base_dists:", register_sims.shape)
     top1 = float(np.mean(register_ids[register_sims.argmax(axis=1)] == classes))
@@ -99,14 +109,20 @@ def parse_arguments(argv=None):
     parser.add_argument("-d", "--data_path", type=str, default=None, help="Data path, containing images in class folders")
     parser.add_argument("-m", "--model_file", type=str, default=None, help="Model file: keras .h5 / .keras, or .onnx / .pth ...")
     parser.add_argument("-b", "--batch_size", type=int, default=64, help="Batch size")
+    parser.add_argument("-D", "--detection", nargs="?", const="", default=None, metavar="DETECTOR",
+                        help="Detect and align faces first, with this insightface SCRFD .onnx model (with keypoints); nothing is downloaded")
     parser.add_argument("-S", "--save_embeddings", type=str, default=None, help="Save / Reload embeddings data (.npz)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.detection == "":
+        parser.error("-D/--detection needs the detector model: -D path/to/scrfd_10g_bnkps.onnx (insightface SCRFD with "
+                     "keypoints); no detector is bundled or downloaded")
+    return args
 
 
 def main(argv=None):
     """The command line of eval_folder.py (console script keras-insightface-eval-folder)."""
     args = parse_arguments(argv)
-    return cli.run("eval_folder.py", eval_folder, args.model_file, args.data_path, args.batch_size, args.save_embeddings)
+    return cli.run("eval_folder.py", eval_folder, args.model_file, args.data_path, args.batch_size, args.save_embeddings, args.detection)
 
 
 if __name__ == "__main__":

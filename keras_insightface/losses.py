@@ -1,9 +1,9 @@
 """Losses for face recognition: margin softmax losses on cosine logits, center, triplet and distillation.
 
-The margin losses take integer class labels `y_true` (int [batch], or [batch, 1]; one-hot rows [batch, classes] are
-accepted too, told apart by rank and width) and the cosine output of `models.NormDense` as `y_pred`.
-Each replaces the target cosine of every sample by its margined value, multiplies all logits by
-`scale` and applies softmax cross-entropy. Only the target column is computed apart and the
+The margin losses take integer class labels `y_true` (int [batch], or [batch, 1]; label rows [batch, classes], one-hot
+or the soft rows of mixup, are accepted too, told apart by rank and width) and the cosine output of `models.NormDense`
+as `y_pred`. Each replaces the target cosine of every sample by its margined value, multiplies all logits by
+`scale` and applies softmax cross-entropy. With integer labels only the target column is computed apart and the
 margin is added in place, so an ArcFace / CosFace step keeps one logits-size buffer live beside
 its inputs, like plain softmax: see docs/losses.md for the measurement.
 
@@ -79,6 +79,15 @@ def class_labels(y_true):
     return ops.cast(ops.round(ops.matmul(y_true, class_ids[:, None])[:, 0]), "int32")
 
 
+def hard_labels(y_true):
+    """int32 labels `(batch,)`: integer labels as they are, label rows (one-hot, or mixup's soft rows) by their class
+    of largest weight, as the original reads its labels with `argmax`.  Usage: labels = losses.hard_labels(y_true)
+    """
+    if not is_one_hot(y_true):
+        return ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.cast(ops.argmax(y_true, axis=-1), "int32")
+
+
 def _target_indices(y_true):
     """(batch, 2) indices `[row, label]` of the targets, from integer labels or one-hot rows."""
     labels = class_labels(y_true)
@@ -131,10 +140,14 @@ def _split_feature_norm(y_true, y_pred):
 class _MarginSoftmaxLoss(keras.losses.Loss):
     """Base of the margin losses: margined target cosine, `scale`, softmax cross-entropy.
 
-    Subclasses define `_target_logit(target_cos, feature_norm)` and may override `_regularizer(feature_norm)`.
-    `y_true`: integer labels (or one-hot rows). The target cosine is gathered at the label and the margin is added
-    at the target index (`scatter_update(..., reduction="add")`), the cross-entropy is `logsumexp` minus the target
-    logit: no one-hot of the logits' size is made.
+    Subclasses define `_target_logit(target_cos, side_input)` (element-wise, `side_input` broadcast against
+    `target_cos`) and may override `_regularizer(feature_norm)` and `_split_outputs` (what of `y_pred` is cosines, and
+    the per-sample value handed to `_target_logit`).
+    `y_true`: integer labels. The target cosine is gathered at the label and the margin is added at the target index
+    (`scatter_update(..., reduction="add")`), the cross-entropy is `logsumexp` minus the target logit: no one-hot of
+    the logits' size is made. Label rows `(batch, classes)` (one-hot, or the soft rows of `mixup_alpha`) take the
+    original's formula: every class of non-zero weight gets the margin, and the cross-entropy is taken against the
+    weights (`_label_rows_loss`).
     """
 
     uses_feature_norm = False
@@ -146,18 +159,34 @@ class _MarginSoftmaxLoss(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        feature_norm = None
-        if self.uses_feature_norm:
-            y_true, y_pred, feature_norm = _split_feature_norm(y_true, y_pred)
+        y_true, y_pred, side_input = self._split_outputs(y_true, y_pred)
         y_pred = self._cosines(y_pred)
-        indices = _target_indices(y_true)
-        target_cos = _target_values(y_pred, indices)
-        target_logit = ops.cast(self._target_logit(target_cos, feature_norm), y_pred.dtype)
-        logits = ops.scatter_update(y_pred, indices, target_logit - target_cos, reduction="add")
-        loss = _softmax_cross_entropy(indices, logits * self._scale(y_true, y_pred), self.label_smoothing, self.from_logits)
+        if is_one_hot(y_true):
+            loss = self._label_rows_loss(y_true, y_pred, side_input)
+        else:
+            indices = _target_indices(y_true)
+            target_cos = _target_values(y_pred, indices)
+            target_logit = ops.cast(self._target_logit(target_cos, side_input), y_pred.dtype)
+            logits = ops.scatter_update(y_pred, indices, target_logit - target_cos, reduction="add")
+            loss = _softmax_cross_entropy(indices, logits * self._scale(y_true, y_pred), self.label_smoothing, self.from_logits)
         if self.uses_feature_norm:
-            loss = loss + self._regularizer(feature_norm)
+            loss = loss + self._regularizer(side_input)
         return loss
+
+    def _split_outputs(self, y_true, y_pred):
+        """(labels, cosines, the per-sample value `_target_logit` reads): the feature norm when `uses_feature_norm`."""
+        if self.uses_feature_norm:
+            return _split_feature_norm(y_true, y_pred)
+        return y_true, y_pred, None
+
+    def _label_rows_loss(self, y_true, y_pred, side_input):
+        """The original's loss on label rows: margined cosine where `y_true != 0`, `scale`, then Keras' categorical
+        cross-entropy against `y_true` (exact for one-hot and for soft rows; builds logits-size buffers)."""
+        y_true = ops.cast(y_true, y_pred.dtype)
+        norm = None if side_input is None else ops.expand_dims(side_input, -1)
+        margined = ops.cast(self._target_logit(y_pred, norm), y_pred.dtype)
+        logits = ops.where(ops.not_equal(y_true, 0), margined, y_pred) * self._scale(y_true, y_pred)
+        return keras.losses.categorical_crossentropy(y_true, logits, from_logits=self.from_logits, label_smoothing=self.label_smoothing)
 
     def _cosines(self, y_pred):
         """The cosines the margin and the softmax work on; subclasses may clip them."""
@@ -224,6 +253,44 @@ class ArcfaceLossSimple(ArcfaceLoss):
         for key in ("margin1", "margin2", "margin3"):
             config.pop(key)
         config["margin"] = self.margin
+        return config
+
+
+@_register
+class AcrTripLoss(ArcfaceLossSimple):
+    """ArcFace and batch-hard triplet on one output `concat([embeddings, cosines])`, as the original Keras_insightface.
+
+    The first `emb_shape` columns of `y_pred` are the embeddings (the original: 512, fixed), the rest the NormDense
+    cosines. With `s` the cosine similarity of the L2-normalized embeddings, per anchor `p = min_{same label} s`
+    (the anchor included) and `n = max_{other label} s` (-1 when the batch has none), the triplet term
+    `max(0, n - p)` is subtracted from the ArcFace target logit `cos(theta + margin)` (`ArcfaceLossSimple`'s,
+    boundary rule included); then `scale` and softmax cross-entropy.
+    Usage: loss = AcrTripLoss(margin=0.5, scale=64.0, emb_shape=512)   # y_pred = concat([embedding, NormDense output])
+    """
+
+    def __init__(self, margin=0.5, scale=64.0, from_logits=True, label_smoothing=0, emb_shape=512, **kwargs):
+        super().__init__(margin, scale, from_logits, label_smoothing, **kwargs)
+        self.emb_shape = int(emb_shape)
+
+    def _split_outputs(self, y_true, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] <= self.emb_shape:
+            raise ValueError(
+                "AcrTripLoss: y_pred has {} columns; expected concat([embedding of emb_shape={}, cosines])".format(
+                    y_pred.shape[-1], self.emb_shape
+                )
+            )
+        embeddings, cosines = y_pred[:, : self.emb_shape], y_pred[:, self.emb_shape :]
+        same, sim = _same_label_matrix(y_true), _cosine_similarity_matrix(ops.cast(embeddings, "float32"))
+        hardest_pos = ops.min(ops.where(same, sim, 1.0), axis=-1)
+        hardest_neg = ops.max(ops.where(same, -1.0, sim), axis=-1)
+        return y_true, cosines, ops.maximum(hardest_neg - hardest_pos, 0.0)
+
+    def _target_logit(self, target_cos, triplet_term):
+        return super()._target_logit(target_cos, None) - ops.cast(triplet_term, target_cos.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["emb_shape"] = self.emb_shape
         return config
 
 
@@ -486,7 +553,8 @@ class AdaCosLoss(_MarginSoftmaxLoss):
 
     def _scale(self, y_true, y_pred):
         cos = ops.stop_gradient(ops.cast(y_pred, "float32"))
-        target_cos = _target_values(cos, _target_indices(y_true))  # integer labels or one-hot rows
+        labels = hard_labels(y_true)  # integer labels, or the class of largest weight of a label row
+        target_cos = ops.take_along_axis(cos, labels[:, None], axis=-1)[:, 0]
         theta = ops.sort(_theta(target_cos))
         theta_med = ops.take(theta, ops.maximum(ops.shape(theta)[0] // 2 - 1, 0))
         others = ops.sum(ops.exp(self.adaptive_scale * cos), axis=-1) - ops.exp(self.adaptive_scale * target_cos)
@@ -502,10 +570,11 @@ class AdaCosLoss(_MarginSoftmaxLoss):
 
 @_register
 def scale_softmax(y_true, y_pred, scale=64.0):
-    """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin; integer (or one-hot) labels.
-
-    Usage: model.compile(optimizer="adam", loss=losses.scale_softmax)
+    """Softmax cross-entropy on `scale * cosine` (NormDense output), no margin; integer labels or label rows (one-hot
+    or soft).  Usage: model.compile(optimizer="adam", loss=losses.scale_softmax)
     """
+    if is_one_hot(y_true):
+        return keras.losses.categorical_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred * scale, from_logits=True)
     return _softmax_cross_entropy(_target_indices(y_true), y_pred * scale)
 
 
@@ -546,6 +615,16 @@ def accuracy_without_norm(y_true, y_pred):
     labels.  Usage: keras.metrics.MeanMetricWrapper(losses.accuracy_without_norm, name="accuracy")
     """
     predicted = ops.cast(ops.argmax(y_pred[:, :-1], axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, hard_labels(y_true)), "float32")
+
+
+@_register
+def accuracy_after_embedding(y_true, y_pred, emb_shape=512):
+    """Accuracy of an `AcrTripLoss` output `concat([embedding, cosines])`: argmax over the columns after `emb_shape`.
+
+    Usage: keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=512)
+    """
+    predicted = ops.cast(ops.argmax(y_pred[:, emb_shape:], axis=-1), "int32")
     return ops.cast(ops.equal(predicted, class_labels(y_true)), "float32")
 
 
@@ -620,6 +699,7 @@ class DistillKLDivergenceLoss(keras.losses.Loss):
 MARGIN_LOSSES = (
     ArcfaceLoss,
     ArcfaceLossSimple,
+    AcrTripLoss,
     CosFaceLoss,
     CurricularFaceLoss,
     MagFaceLoss,
@@ -650,6 +730,18 @@ def takes_integer_labels(loss):
     own = (_MarginSoftmaxLoss, CenterLoss, _TripletLoss, OneHotLabels, keras.losses.SparseCategoricalCrossentropy)
     function = getattr(loss, "func", loss)
     return isinstance(loss, own) or is_margin_loss(loss) or function is keras.losses.sparse_categorical_crossentropy
+
+
+def takes_soft_labels(loss):
+    """True when `loss` reads soft label rows (`Train(mixup_alpha=...)`) as the original does: the margin losses but
+    CurricularFace, `scale_softmax`, `MarginSoftmax`, and the Keras losses `Train` feeds one-hot rows (e.g.
+    `CategoricalCrossentropy`).  Usage: if mixup_alpha and not losses.takes_soft_labels(loss): raise ...
+    """
+    if isinstance(loss, (CurricularFaceLoss, DistillKLDivergenceLoss)):
+        return False
+    function = getattr(loss, "func", loss)
+    own = (_MarginSoftmaxLoss, MarginSoftmax, OneHotLabels)
+    return isinstance(loss, own) or function is scale_softmax or not takes_integer_labels(loss)
 
 
 def needs_feature_norm(loss):

@@ -11,6 +11,7 @@ Usage:
     axes, last = plot.hist_plot_split("checkpoints/TT_mobilenet_hist.json", [5, 5, 40], ["S16", "S32", "S64"], fig_label="mobilenet")
     axes, _ = plot.hist_plot_split("checkpoints/TT_r34_hist.json", [5, 5, 40], axes=axes, fig_label="r34", save="compare.png")
     plot.lr_schedule_plot(lr_base=0.1, lr_decay=0.1, lr_decay_steps=[20, 30], epochs=40, save="lr.png")
+    plot.choose_accuracy(glob.glob("checkpoints/*_hist.json"), metric_key="agedb_30")   # text tables, no matplotlib
 """
 import json
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from . import cli
 
 NOT_CURVES = ("loss", "accuracy", "lr", "epoch")
+EVALS_NAME = ["lfw", "cfp_fp", "agedb_30", "IJBB", "IJBC"]
 
 
 def _pyplot():
@@ -145,3 +147,64 @@ def lr_schedule_plot(lr_base=0.001, lr_decay=0.05, lr_decay_steps=0, lr_min=1e-6
     if save:
         ax.figure.savefig(save)
     return ax
+
+
+def _best_index(values):
+    """Index of the largest value, missing (None) values never chosen; the first one on ties, as np.argmax."""
+    filled = [-np.inf if value is None else value for value in values]
+    return int(np.argmax(filled))
+
+
+def _sort_key(value):
+    """Ascending order of a table column, missing values last."""
+    return (value is None, 0 if value is None else value)
+
+
+def _markdown_table(rows, columns):
+    """A markdown table of `rows` ({name: {column: value}}), one line per name.  Usage: print(_markdown_table(rr, ["lfw"]))"""
+    def cell(value):
+        return "{:.6g}".format(value) if isinstance(value, float) else str(value)
+
+    lines = ["| | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    lines += ["| {} | ".format(name) + " | ".join(cell(row.get(key, "")) for key in columns) + " |" for name, row in rows.items()]
+    return "\n".join(lines)
+
+
+def _history_summaries(hist, metric_key, key_picks):
+    """The four summaries of one history: at the best `metric_key` epoch, each key's own best, at the best sum, latest."""
+    picks = [key for key in key_picks if key in hist]
+    at_metric = _best_index(hist[metric_key])
+    at_sum = _best_index(np.sum([[-np.inf if vv is None else vv for vv in hist[key]] for key in picks], axis=0))
+    return (
+        dict({key: hist[key][at_metric] for key in picks}, epoch=at_metric),
+        {key: "{:.4f}, {:2d}".format(hist[key][_best_index(hist[key])], _best_index(hist[key])) for key in picks},
+        dict({key: hist[key][at_sum] for key in picks}, epoch=at_sum),
+        dict({key: hist[key][-1] for key in picks}, epoch=len(hist[metric_key])),
+    )
+
+
+def choose_accuracy(aa, skip_name_len=0, sort_metric=False, metric_key="agedb_30", key_picks=EVALS_NAME):
+    """Best epochs of several runs' history files, as the original plot.choose_accuracy; prints four markdown tables.
+
+    aa: `_hist.json` paths, one run each (its name: the file name without extension, minus `skip_name_len` leading
+    characters). For each run: the eval values at the epoch of the best `metric_key` ("<metric_key> max"), each eval
+    set's own best "value, epoch" ("all max"), the values at the epoch of the best sum over `key_picks` ("sum max"),
+    and the last values ("latest", epoch = number of epochs). Epochs are 0-based indices into the history lists, as
+    the original; a missing (None) value is never the best. `metric_key` not in `key_picks` means the last of
+    `key_picks`; `sort_metric` sorts the rows by it. Returns the first three tables as dicts {run: {key: value}}.
+    Usage: metric_max, all_max, sum_max = choose_accuracy(["checkpoints/a_hist.json", "checkpoints/b_hist.json"])
+    """
+    metric_key = metric_key if metric_key in key_picks else key_picks[-1]
+    tables = ({}, {}, {}, {})
+    for path in [aa] if isinstance(aa, (str, os.PathLike)) else aa:
+        hist = load_histories(path)
+        if not hist.get(metric_key):
+            raise ValueError("{}: no '{}' values to choose by (keys: {})".format(path, metric_key, ", ".join(sorted(hist))))
+        name = os.path.splitext(os.path.basename(path))[0][skip_name_len:]
+        for table, summary in zip(tables, _history_summaries(hist, metric_key, key_picks)):
+            table[name] = summary
+    for title, table in zip([metric_key + " max", "all max", "sum max", "latest"], tables):
+        columns = [key for key in [*key_picks, "epoch"] if any(key in row for row in table.values())]
+        rows = dict(sorted(table.items(), key=lambda item: _sort_key(item[1].get(metric_key)))) if sort_metric else table
+        print("\n>>>> {} :\n{}".format(title, _markdown_table(rows, columns)))
+    return tables[:3]

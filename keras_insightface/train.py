@@ -31,8 +31,11 @@ from . import face_io
 from . import io_utils
 from . import losses
 from . import models
+from . import model_interf
 from . import myCallbacks
+from . import sam
 from . import sharded_head
+from . import triplet_mining
 
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
 
@@ -109,6 +112,27 @@ def _inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def _load_teacher(teacher_model_interf):
+    """The teacher of online distillation: None, a keras.Model, or a Keras model file loaded without compile."""
+    if teacher_model_interf is None or isinstance(teacher_model_interf, keras.Model):
+        return teacher_model_interf
+    if isinstance(teacher_model_interf, (str, os.PathLike)):
+        print(">>>> Load teacher model from:", teacher_model_interf)
+        return model_interf.load_keras_model(os.fspath(teacher_model_interf))
+    raise ValueError("teacher_model_interf must be a keras.Model or a Keras model file (.h5 / .keras), got {!r}; other teachers "
+                     "(ONNX, TorchScript, MXNet) give their embeddings through data_distiller.py".format(teacher_model_interf))
+
+
+def _check_later_options(sam_rho, vpl_start_iters, vpl_allowed_delta):
+    if not isinstance(sam_rho, (int, float)) or sam_rho < 0:
+        raise ValueError("sam_rho is the SAM neighbourhood radius, >= 0 (0: off), got {!r}".format(sam_rho))
+    if not isinstance(vpl_start_iters, int):
+        raise ValueError("vpl_start_iters must be an integer (<= 0: off, < 50: epochs, else steps), got {!r}".format(vpl_start_iters))
+    if not isinstance(vpl_allowed_delta, int) or vpl_allowed_delta < 0:
+        raise ValueError("vpl_allowed_delta must be an integer >= 0 (steps), got {!r}".format(vpl_allowed_delta))
+    return float(sam_rho), vpl_start_iters, vpl_allowed_delta
+
+
 class Train:
     """Scheduler connecting basic model, output head, datasets, callbacks, losses and optimizers.
 
@@ -124,6 +148,17 @@ class Train:
         basic model computes in that policy, its `embedding` layer, the head and the losses in float32; float16
         training wraps the optimizer in `keras.optimizers.LossScaleOptimizer`. A resumed model keeps the policy it
         was saved with unless one is given.
+    samples_per_mining: N > 0 trains on mined triplets, the original's offline dataset: every epoch a pool of N images
+        (0 < N <= 1: that share) is embedded by the current basic model and each image is yielded as an anchor with its
+        hardest positive and negative, `[a, p, n, ...]`, for losses.OfflineTripletLoss (triplet_mining.py).
+    mixup_alpha: in (0, 1], mixup of each training batch with itself (`data.mixup`); the labels become soft rows, read
+        by the losses as the original (`losses.takes_soft_labels`). 0: off.
+    teacher_model_interf: a teacher keras.Model or Keras model file: online distillation, its embeddings of each
+        augmented batch are the targets of the `distill` output (`data.with_teacher_embeddings`).
+    sam_rho: > 0 trains with sharpness-aware minimization of that radius (`sam.SAMModel`).
+    vpl_start_iters, vpl_allowed_delta: vpl_start_iters > 0 makes the arcface head a `models.NormDenseVPL` whose
+        prototypes mix in the queued features from that step on (a value < 50 counts epochs), of classes seen at most
+        vpl_allowed_delta steps ago.
     steps_per_execution, jit_compile: passed to `model.compile` (Keras' meaning). With steps_per_execution=N the
         batch-level callbacks (eval_freq, the per-batch cosine lr, the NaN guard) run every N batches; jit_compile=True
         compiles the training step with XLA ("auto", Keras' default, leaves XLA off on a CPU-only machine).
@@ -155,12 +190,18 @@ class Train:
         random_crop=data.DEFAULT_RANDOM_CROP,
         random_cutout_mask_area=0.0,
         image_per_class=0,
+        samples_per_mining=0,
         img_shape=None,
         seed=None,
         output_wd_multiply=None,
         mixed_precision=None,
         steps_per_execution=1,
         jit_compile="auto",
+        mixup_alpha=0,
+        teacher_model_interf=None,
+        sam_rho=0,
+        vpl_start_iters=-1,
+        vpl_allowed_delta=200,
         shard_centers=False,
     ):
         if output_wd_multiply is not None:
@@ -184,6 +225,9 @@ class Train:
         self.eval_freq, self.random_status, self.random_crop = eval_freq, random_status, random_crop
         self.random_cutout_mask_area = random_cutout_mask_area
         self.image_per_class, self.seed = image_per_class, seed
+        self.samples_per_mining = samples_per_mining
+        self.mixup_alpha, self.teacher = data.check_mixup_alpha(mixup_alpha), _load_teacher(teacher_model_interf)
+        self.sam_rho, self.vpl_start_iters, self.vpl_allowed_delta = _check_later_options(sam_rho, vpl_start_iters, vpl_allowed_delta)
 
         self.model, self.output_layer, self.distill_map_layer, self.optimizer = None, None, None, None
         self.mixed_precision = mixed_precision or _global_mixed_policy()
@@ -295,24 +339,41 @@ class Train:
         if layer is None:
             return None
         if isinstance(layer, models.NormDense):
-            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm)
-        return ("softmax", layer.units, 1, False)
+            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, isinstance(layer, models.NormDenseVPL))
+        return ("softmax", layer.units, 1, False, False)
 
     def _output_head(self, loss_type, loss_top_k, append_norm):
         """The classification layer for this plan: reused when unchanged, else built anew."""
-        signature = (loss_type, self.classes, loss_top_k, append_norm)
+        vpl = loss_type == "arcface" and self.vpl_start_iters > 0
+        signature = (loss_type, self.classes, loss_top_k, append_norm, vpl)
         if signature == self.head_signature and self.output_layer is not None:
             return self.output_layer
-        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}".format(*signature))
+        print(">>>> Build output layer: type={}, classes={}, loss_top_k={}, append_norm={}, vpl={}".format(*signature))
         regularizer = self._output_regularizer()
         if loss_type == "softmax":
             layer = keras.layers.Dense(self.classes, name="softmax", activation="softmax", kernel_regularizer=regularizer, dtype="float32")
+        elif vpl:
+            layer = models.NormDenseVPL(
+                self.classes, kernel_regularizer=regularizer, append_norm=append_norm, loss_top_k=loss_top_k, name="NormDense", dtype="float32",
+                start_iters=self._vpl_start_step(), allowed_delta=self.vpl_allowed_delta,
+            )
         else:
             layer = models.NormDense(
                 self.classes, kernel_regularizer=regularizer, loss_top_k=loss_top_k, append_norm=append_norm, name="NormDense", dtype="float32"
             )
+        self._carry_class_weights(self.output_layer, layer)
         self.output_layer, self.head_signature = layer, signature
         return layer
+
+    def _carry_class_weights(self, previous, layer):
+        """A new cosine head takes the previous one's class weights when their shapes agree (e.g. NormDense <->
+        NormDenseVPL, or append_norm changed), as the original reloads the previous head's weight."""
+        if not (isinstance(previous, models.NormDense) and isinstance(layer, models.NormDense)):
+            return
+        layer.build(self.basic_model.outputs[0].shape)
+        if tuple(layer.w.shape) == tuple(previous.w.shape):
+            print(">>>> Reload previous NormDense weight")
+            layer.w.assign(previous.w)
 
     def _distill_output(self, embedding):
         teacher_emb = self.teacher_emb_shape
@@ -342,8 +403,31 @@ class Train:
         if with_distill:
             outputs.append(self._distill_output(embedding))
             kinds.append("embedding")
-        self.model = keras.Model(self.basic_model.inputs[0], outputs if len(outputs) > 1 else outputs[0], name=self.basic_model.name + "_train")
+        self.model = self._training_model(self.basic_model.inputs[0], outputs, self.basic_model.name + "_train")
         self.output_kinds = kinds
+
+    def _training_model(self, inputs, outputs, name):
+        """keras.Model, or sam.SAMModel for sam_rho > 0 or a VPL head (its train step updates the VPL queue)."""
+        outputs = outputs if len(outputs) > 1 else outputs[0]
+        if self.sam_rho > 0 or isinstance(self.output_layer, models.NormDenseVPL):
+            return sam.SAMModel(inputs, outputs, rho=self.sam_rho, name=name)
+        return keras.Model(inputs, outputs, name=name)
+
+    def _with_embedding_and_cosines(self, loss):
+        """AcrTripLoss reads `concat([embedding, cosines])`: the model's first output becomes that concatenation."""
+        if not isinstance(loss, losses.AcrTripLoss):
+            return
+        embedding = self.basic_model.outputs[0]
+        if loss.emb_shape != embedding.shape[-1]:
+            raise ValueError("AcrTripLoss(emb_shape={}): the basic model's embedding has {} features; pass emb_shape={}".format(
+                loss.emb_shape, embedding.shape[-1], embedding.shape[-1]))
+        outputs = self.model.outputs
+        first = keras.layers.Concatenate(name="embedding_and_cosines", dtype="float32")([embedding, outputs[0]])
+        self.model = self._training_model(self.model.inputs[0], [first, *outputs[1:]], self.model.name)
+
+    def _vpl_start_step(self):
+        """The original's rule: vpl_start_iters < 50 counts epochs, else steps."""
+        return self.vpl_start_iters * self.steps_per_epoch if self.vpl_start_iters < 50 else self.vpl_start_iters
 
     def _uses_sharded_head(self, loss_type, loss_top_k, append_norm, with_extra_outputs):
         """True for a margin-loss plan under `shard_centers` and more than one replica; refuses what it cannot shard."""
@@ -354,6 +438,8 @@ class Train:
                 "shard_centers: only margin-loss plans without lossTopK, feature-norm losses, centerloss, triplet or distill "
                 "shard their class centers; got type={}, lossTopK={}".format(loss_type, loss_top_k)
             )
+        if self.mixup_alpha or self.sam_rho > 0 or self.vpl_start_iters > 0:
+            raise ValueError("shard_centers does not combine with mixup_alpha, sam_rho or vpl_start_iters")
         return True
 
     def _sharded_model(self):
@@ -369,9 +455,11 @@ class Train:
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
         """(Re)build the training dataset, e.g. after sub-center cleaning.  Usage: tt.reset_dataset(new_npz)"""
+        if self.samples_per_mining:
+            return self._reset_offline_triplet_dataset(data_path)
         image_per_class = self.image_per_class if image_per_class is None else image_per_class
         self.data_path, self.dataset_image_per_class = data_path, image_per_class
-        self._dataset_fast_forwarded = False
+        self._dataset_fast_forwarded, self.triplet_miner = False, None
         self.train_ds, self.steps_per_epoch, self.classes = data.prepare_dataset_and_classes(
             data_path,
             batch_size=self.batch_size,
@@ -382,11 +470,26 @@ class Train:
             image_per_class=image_per_class,
             seed=self.seed,
             norm=face_io.model_normalization(self.basic_model),
+            mixup_alpha=self.mixup_alpha,
         )
+        if self.teacher is not None:
+            self.train_ds = data.with_teacher_embeddings(self.train_ds, self.teacher, face_io.model_normalization(self.basic_model))
         label_spec = self.train_ds.element_spec[1]
         self.has_embeddings = isinstance(label_spec, tuple)
         emb_spec = label_spec[1] if self.has_embeddings else None
         self.teacher_emb_shape = int(emb_spec.shape[-1]) if emb_spec is not None else None
+        print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
+
+    def _reset_offline_triplet_dataset(self, data_path):
+        """samples_per_mining > 0: every epoch mines [anchor, positive, negative] triplets of a pool (triplet_mining)."""
+        self.data_path, self.has_embeddings, self.teacher_emb_shape = data_path, False, None
+        self.dataset_image_per_class = max(triplet_mining.MIN_IMAGE_PER_CLASS, self.image_per_class)
+        self.train_ds, self.steps_per_epoch, self.classes, self.triplet_miner = triplet_mining.offline_triplet_dataset(
+            data_path, self.basic_model, self.samples_per_mining, batch_size=self.batch_size,
+            image_per_class=self.dataset_image_per_class, img_shape=self.img_shape, random_status=self.random_status,
+            random_crop=self.random_crop, random_cutout_mask_area=self.random_cutout_mask_area, seed=self.seed,
+        )
+        self._dataset_fast_forwarded = True  # creating an iterator would mine a pool; _continue_from_epoch sets its epoch
         print(">>>> Dataset: {}, classes: {}, steps_per_epoch: {}".format(data_path, self.classes, self.steps_per_epoch))
 
     def _ensure_triplet_dataset(self):
@@ -446,6 +549,8 @@ class Train:
             losses_list.append(losses.distiller_loss_cosine)
             weights.append(float(distill))
         metrics = self._metrics(loss_type, len(losses_list))
+        if isinstance(loss, losses.AcrTripLoss):
+            metrics[0] = [keras.metrics.MeanMetricWrapper(losses.accuracy_after_embedding, name="accuracy", emb_shape=loss.emb_shape)]
         self.optimizer = _loss_scaled(self._optimizer_for_current_model(self.optimizer), self.mixed_precision)
         execution = {"steps_per_execution": self.steps_per_execution, "jit_compile": self.jit_compile}
         if len(losses_list) == 1:
@@ -511,6 +616,7 @@ class Train:
         if not isinstance(epoch, int) or epoch < 1:
             raise ValueError("A training plan needs 'epoch' as a positive integer, got {!r}".format(epoch))
         loss_type = type or guess_loss_type(loss)
+        self._check_mixup_plan(loss, loss_type, centerloss, triplet)
         if distill is not None and not self.has_embeddings:
             raise ValueError("'distill' needs a dataset carrying teacher embeddings (data_distiller.py output), got {}".format(self.data_path))
         distill = (7 if distill is None else distill) if self.has_embeddings else 0
@@ -520,6 +626,7 @@ class Train:
         self.optimizer = self._resolve_optimizer(optimizer)
         append_norm = losses.needs_feature_norm(loss)
         self._build_model(loss_type, lossTopK, append_norm, bool(centerloss), bool(triplet), bool(distill))
+        self._with_embedding_and_cosines(loss)
         self.basic_model.trainable = not bottleneckOnly
         self._compile(loss, loss_type, centerloss, triplet, alpha, distill)
         print(
@@ -543,12 +650,23 @@ class Train:
         self.basic_model.trainable = True
         return history
 
+    def _check_mixup_plan(self, loss, loss_type, centerloss, triplet):
+        if not self.mixup_alpha:
+            return
+        if loss_type in EMBEDDING_TYPES or centerloss or triplet or not losses.takes_soft_labels(loss):
+            raise ValueError("mixup_alpha={} trains on mixed label rows: a plan's loss must read them (losses.takes_soft_labels: the "
+                             "margin losses but CurricularFace, scale_softmax, MarginSoftmax, Keras categorical losses) and take no "
+                             "'centerloss' / 'triplet'; got loss {} ({}), centerloss={}, triplet={}".format(
+                                 self.mixup_alpha, getattr(loss, "name", loss), loss_type, centerloss, triplet))
+
     def _continue_from_epoch(self, initial_epoch):
         """Align history, best eval accuracies and the data order with a run that reached `initial_epoch`."""
         self.my_hist.set_initial_epoch(initial_epoch)
         for eval_callback in self.my_evals:
             previous = [acc for acc in self.my_hist.history.get(eval_callback.test_names, []) if acc is not None]
             eval_callback.max_accuracy = max([eval_callback.max_accuracy, *previous])
+        if self.triplet_miner is not None:
+            self.triplet_miner.epoch = initial_epoch
         if not self._dataset_fast_forwarded:
             # Each new iterator of the dataset draws the next epoch's shuffle and augmentation seeds.
             for _ in range(initial_epoch):

@@ -1,7 +1,11 @@
-"""eval_folder.py: registration, top-1 and TPR@FPR against brute-force NumPy on known embeddings; the CLI end to end."""
-import numpy as np
+"""eval_folder.py: registration, top-1 and TPR@FPR against brute-force NumPy on known embeddings; -D alignment; the CLI."""
+import os
 
-from keras_insightface import eval_folder
+import cv2
+import numpy as np
+import pytest
+
+from keras_insightface import eval_folder, face_align
 from tests.helpers import tiny_basic_model
 
 RNG = np.random.default_rng(3)
@@ -63,3 +67,55 @@ def test_model_on_image_folder_saves_embeddings(dataset, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(stored["embs"], axis=1), 1.0, rtol=1e-5)
     assert results["top1"] == brute_force(stored["embs"].astype("float64"), stored["imm_classes"])[2]
     assert eval_folder.main(["-d", dataset]) == 2 and "eval_folder.py: error:" in capsys.readouterr().err
+
+
+def place_faces(faces_root, raw_root, matrix):
+    """Every 112x112 face of `faces_root` warped by `matrix` onto a bigger dark canvas, as a detector would get it."""
+    for class_name in sorted(os.listdir(faces_root)):
+        if not os.path.isdir(os.path.join(faces_root, class_name)):
+            continue
+        os.makedirs(os.path.join(raw_root, class_name))
+        for name in sorted(os.listdir(os.path.join(faces_root, class_name))):
+            face = cv2.imread(os.path.join(faces_root, class_name, name))
+            cv2.imwrite(os.path.join(raw_root, class_name, name.replace(".jpg", ".png")), cv2.warpAffine(face, matrix, (260, 230)))
+    return str(raw_root)
+
+
+def test_detection_aligns_faces_before_embedding(dataset, tmp_path):
+    """-D: a detector's landmarks bring each face back from a larger, tilted picture onto the 112x112 template."""
+    angle, scale, shift = np.radians(12), 1.6, np.array([40.0, 20.0])
+    matrix = np.hstack([scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]), shift[:, None]])
+    raw = place_faces(dataset, tmp_path / "raw", matrix)
+    landmarks = face_align.ARCFACE_TEMPLATE @ matrix[:, :2].T + matrix[:, 2]
+    calls = []
+
+    def detector(image):
+        calls.append(image.shape)
+        return landmarks[None]  # one face
+
+    model_file = str(tmp_path / "tiny.keras")
+    tiny_basic_model().save(model_file)
+    results = eval_folder.eval_folder(model_file, raw, batch_size=8, detection=detector)
+    assert calls == [(230, 260, 3)] * 32  # RGB images at their own size
+    aligned_root = raw + face_align.ALIGNED_SUFFIX
+    original = cv2.imread(dataset + "/2/3.jpg").astype(float)
+    aligned = cv2.imread(aligned_root + "/2/3.png").astype(float)
+    assert np.abs(aligned - original)[8:-8, 8:-8].mean() < 4  # two bilinear warps of the same face
+    plain = eval_folder.eval_folder(model_file, aligned_root, batch_size=8)
+    assert results == plain
+
+
+def test_detection_leaves_out_images_without_a_face_and_errors_name_the_cause(dataset, tmp_path, capsys):
+    found = iter([np.zeros((0, 5, 2))] * 3 + [face_align.ARCFACE_TEMPLATE[None]] * 29)
+    aligned_root = face_align.detect_and_align_folder(lambda image: next(found), dataset, tmp_path / "aligned")
+    assert "No face detected in 3 of 32 images" in capsys.readouterr().out
+    assert sum(len(files) for _, _, files in os.walk(aligned_root)) == 29
+    with pytest.raises(ValueError, match="no face detected in any of the 32 images"):
+        face_align.detect_and_align_folder(lambda image: [], dataset, tmp_path / "none")
+    with pytest.raises(ValueError, match="0.jpg: the detector gave landmarks of shape \\(7,\\)"):
+        face_align.detect_and_align_folder(lambda image: np.zeros(7), dataset, tmp_path / "bad")
+    with pytest.raises(SystemExit):
+        eval_folder.main(["-d", dataset, "-m", "model.h5", "-D"])
+    assert "-D/--detection needs the detector model" in capsys.readouterr().err
+    assert eval_folder.main(["-d", dataset, "-m", "model.h5", "-D", str(tmp_path / "missing.onnx")]) == 2
+    assert "eval_folder.py: error: face detector model not found" in capsys.readouterr().err

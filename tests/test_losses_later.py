@@ -155,3 +155,49 @@ def test_new_losses_train_a_plan(dataset, make, loss_type):
     tt = train.Train(dataset, "later.h5", basic_model=tiny_basic_model(), batch_size=8)
     tt.train([{"loss": loss, "epoch": 1, "optimizer": "adam"}])
     assert np.isfinite(tt.model.history.history["loss"]).all()
+
+
+def acr_trip_reference(labels, emb, cos, margin=0.5, scale=16.0, label_smoothing=0.0):
+    """The original AcrTripLoss, written per sample: the ArcFace target logit minus max(0, hardest neg - hardest pos)."""
+    sim = l2n(emb) @ l2n(emb).T
+    y_true = np.eye(cos.shape[1])[labels]
+    target = cos[np.arange(len(labels)), labels]
+    margined = np.cos(np.arccos(target) + margin)
+    margined = np.where(target > np.cos(np.pi - margin), margined, target - margin * np.sin(margin))  # see docs/losses.md
+    for a in range(len(labels)):
+        pos = min(sim[a, p] for p in range(len(labels)) if labels[p] == labels[a])
+        neg = max([sim[a, n] for n in range(len(labels)) if labels[n] != labels[a]] or [-1.0])
+        margined[a] -= max(neg - pos, 0.0)
+    return softmax_ce(y_true, with_target(y_true, cos, margined) * scale, label_smoothing)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_acr_trip_loss_against_the_originals_formula(label_smoothing):
+    labels = np.array([0, 1, 0, 2, 1, 3, 2, 0])  # class 3 has a single sample
+    emb, cos = RNG.normal(size=(8, 6)), RNG.uniform(-0.8, 0.95, size=(8, 5))
+    cos[1, labels[1]] = -0.95  # past cos(pi - margin): the boundary rule
+    loss = losses.AcrTripLoss(margin=0.5, scale=16.0, label_smoothing=label_smoothing, emb_shape=6, dtype="float64")
+    expected = acr_trip_reference(labels, emb, cos, label_smoothing=label_smoothing)
+    outputs = np.concatenate([emb, cos], axis=1)
+    np.testing.assert_allclose(run_loss(loss, labels, outputs), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_loss(loss, np.eye(5)[labels], outputs), expected, rtol=1e-5, atol=1e-6)
+    arcface_only = run_loss(losses.ArcfaceLossSimple(0.5, 16.0, label_smoothing=label_smoothing, dtype="float64"), labels, cos)
+    assert np.sum(~np.isclose(expected, arcface_only)) >= 4  # the triplet term is active on these embeddings
+    restored = losses.AcrTripLoss.from_config(loss.get_config())
+    assert (restored.emb_shape, restored.margin, restored.label_smoothing) == (6, 0.5, label_smoothing)
+    assert train.guess_loss_type(loss) == "arcface"
+    with pytest.raises(ValueError, match="emb_shape=6"):
+        run_loss(loss, labels, emb)
+
+
+def test_acr_trip_loss_trains_on_the_concatenated_output(dataset):
+    tt = train.Train(dataset, "acr.h5", basic_model=tiny_basic_model(), batch_size=8)
+    tt.train([{"loss": losses.AcrTripLoss(scale=16, emb_shape=16), "epoch": 1, "optimizer": "adam"}])
+    assert tt.model.output_shape == (None, 16 + 4)  # embedding, then the 4 cosines
+    history = tt.model.history.history
+    assert np.isfinite(history["loss"]).all() and 0 <= history["accuracy"][0] <= 1
+    y_pred = np.concatenate([np.full((3, 16), 9.0), np.eye(4)[[2, 0, 3]]], axis=1)  # argmax over all columns would be 0
+    accuracy = keras.ops.convert_to_numpy(losses.accuracy_after_embedding(np.array([2, 1, 3]), y_pred, emb_shape=16))
+    np.testing.assert_array_equal(accuracy, [1, 0, 1])
+    with pytest.raises(ValueError, match="AcrTripLoss\\(emb_shape=512\\): the basic model's embedding has 16 features"):
+        tt.train([{"loss": losses.AcrTripLoss(), "epoch": 1}], 1)

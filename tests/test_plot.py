@@ -61,3 +61,26 @@ def test_lr_schedule_values_follow_the_formulas(tmp_path):
     np.testing.assert_allclose(exponential, [0.001 * math.exp(-0.05 * ii) for ii in range(4)])
     ax = plot.lr_schedule_plot(lr_base=0.001, lr_decay=0.5, lr_decay_steps=3, lr_min=1e-7, epochs=10, save=str(tmp_path / "lr.png"))
     assert len(ax.get_lines()) == 1 and (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_choose_accuracy_on_hand_written_histories(tmp_path, capsys):
+    run_a = {"loss": [5, 4, 3, 2], "lfw": [0.90, 0.95, 0.97, 0.96], "cfp_fp": [0.80, 0.91, 0.85, 0.90], "agedb_30": [0.70, 0.88, 0.86, 0.87]}
+    run_b = {"loss": [6, 5, 4], "lfw": [0.91, None, 0.99], "cfp_fp": [0.70, None, 0.72], "agedb_30": [0.60, None, 0.65]}
+    paths = []
+    for name, hist in (("TT_a_hist", run_a), ("TT_b_hist", run_b)):
+        paths.append(str(tmp_path / (name + ".json")))
+        with open(paths[-1], "w") as ff:
+            json.dump(hist, ff)
+    metric_max, all_max, sum_max = plot.choose_accuracy(paths, skip_name_len=3, key_picks=["lfw", "cfp_fp", "agedb_30"])
+    # by hand: a's best agedb_30 is epoch 1; its best lfw + cfp_fp + agedb_30 sum is epoch 1 (2.74 against 2.73 at epoch 3)
+    assert metric_max["a_hist"] == {"lfw": 0.95, "cfp_fp": 0.91, "agedb_30": 0.88, "epoch": 1}
+    assert all_max["a_hist"] == {"lfw": "0.9700,  2", "cfp_fp": "0.9100,  1", "agedb_30": "0.8800,  1"}
+    assert sum_max["a_hist"]["epoch"] == 1 and sum_max["b_hist"] == {"lfw": 0.99, "cfp_fp": 0.72, "agedb_30": 0.65, "epoch": 2}
+    assert metric_max["b_hist"]["epoch"] == 2  # a missing value is never the best
+    out = capsys.readouterr().out
+    assert ">>>> agedb_30 max :" in out and ">>>> latest :" in out and "| a_hist | 0.96 | 0.9 | 0.87 | 4 |" in out
+    plot.choose_accuracy(paths, 3, sort_metric=True, metric_key="IJBB", key_picks=["lfw", "agedb_30"])  # falls back to agedb_30
+    table = capsys.readouterr().out.split(">>>> agedb_30 max :")[1]
+    assert table.index("| b_hist |") < table.index("| a_hist |")  # ascending agedb_30, as the original
+    with pytest.raises(ValueError, match="TT_a_hist.json: no 'IJBC' values"):
+        plot.choose_accuracy(paths[:1], metric_key="IJBC", key_picks=["lfw", "IJBC"])
