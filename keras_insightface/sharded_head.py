@@ -46,7 +46,7 @@ def check_margin_loss(loss):
     """
     base = losses._MarginSoftmaxLoss
     supported = (
-        isinstance(loss, base) and type(loss).call is base.call and type(loss)._scale is base._scale
+        isinstance(loss, base) and all(getattr(type(loss), hook) is getattr(base, hook) for hook in ("call", "_scale", "_split_outputs"))
         and not loss.uses_feature_norm and loss.from_logits
     )
     if not supported:
@@ -292,9 +292,15 @@ def _built_for_more_than(optimizer, variables):
     return built_for is not None and len(built_for) > len(variables)
 
 
+def is_dense_head_of(layer, classes):
+    """True when `layer` is a plain `NormDense(classes)` (no sub-centers, feature norm or VPL): a head the sharded
+    model can start from.  Usage: sharded_head.is_dense_head_of(model.get_layer("NormDense"), classes)"""
+    return type(layer) is models.NormDense and layer.units == classes and layer.loss_top_k == 1 and not layer.append_norm
+
+
 def _dense_kernel(head, classes):
     """The kernel of a `NormDense(classes)` head, refused for other widths or sub-centers."""
-    if not isinstance(head, models.NormDense) or head.units != classes or head.loss_top_k != 1 or head.append_norm:
+    if not is_dense_head_of(head, classes):
         raise ValueError("ShardedHeadModel: expected a NormDense({}) head without sub-centers or feature norm, got {!r}".format(classes, head))
     return keras.ops.convert_to_numpy(head.w)
 

@@ -390,6 +390,7 @@ class Train:
             return
         if isinstance(self.model, sharded_head.ShardedHeadModel):
             self.output_layer = self.model.dense_head()  # a dense plan continues from the sharded centers
+            self.head_signature = self._current_head_signature()
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
             head = keras.layers.Identity(name=loss_type, dtype="float32")
@@ -444,12 +445,11 @@ class Train:
 
     def _sharded_model(self):
         """The ShardedHeadModel of this run: kept across plans, starting from the dense head's centers when there is one."""
-        signature = ("arcface", self.classes, 1, False)
-        if isinstance(self.model, sharded_head.ShardedHeadModel) and self.head_signature == signature:
+        if isinstance(self.model, sharded_head.ShardedHeadModel) and self.model.classes == self.classes:
             return self.model
-        dense_head = self.output_layer if self.head_signature == signature else None
-        print(">>>> Build output layer: class centers sharded across {} replicas, classes={}".format(self.num_replicas, self.classes))
-        self.head_signature = signature
+        dense_head = self.output_layer if sharded_head.is_dense_head_of(self.output_layer, self.classes) else None
+        print(">>>> Build output layer: class centers sharded across {} replicas, classes={}{}".format(
+            self.num_replicas, self.classes, ", from the loaded NormDense" if dense_head is not None else ""))
         return sharded_head.ShardedHeadModel(self.basic_model, self.classes, kernel_regularizer=self._output_regularizer(), dense_head=dense_head)
 
     # ---------------------------------------------------------------- data

@@ -59,7 +59,9 @@ def test_shard_units_cover_every_class():
     assert [sharded_head.shard_units(classes, 4) for classes in (1, 4, 7, 8, 1_000_001)] == [1, 1, 2, 2, 250_001]
 
 
-@pytest.mark.parametrize("loss", [losses.AdaFaceLoss(), losses.CurricularFaceLoss(), losses.AdaCosLoss(), keras.losses.CategoricalCrossentropy()])
+@pytest.mark.parametrize(
+    "loss", [losses.AdaFaceLoss(), losses.CurricularFaceLoss(), losses.AdaCosLoss(), losses.AcrTripLoss(emb_shape=4), keras.losses.CategoricalCrossentropy()]
+)
 def test_unsupported_losses_are_refused(loss):
     with pytest.raises(ValueError, match="ShardedHeadModel: loss"):
         sharded_head.check_margin_loss(loss)
