@@ -355,10 +355,10 @@ class CheckpointCommit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if _skip_saving(self.model, epoch, logs, self.run.model_path):
             return
-        writers = {"model": self.model.save, "history": lambda path: checkpoints.write_history(path, self.history.history)}
-        optimizer = getattr(self.model, "optimizer", None)
+        model, optimizer = _checkpointed_model_and_optimizer(self.model)
+        writers = {"model": model.save, "history": lambda path: checkpoints.write_history(path, self.history.history)}
         if optimizer is not None and optimizer.built:
-            writers["optimizer"] = lambda path: checkpoints.save_optimizer_state(optimizer, path, self.model.weights)
+            writers["optimizer"] = lambda path: checkpoints.save_optimizer_state(optimizer, path, model.weights)
         if self.center_loss is not None:
             writers["centers"] = self.center_loss.save_centers
         best_basic_name = None
@@ -371,6 +371,14 @@ class CheckpointCommit(keras.callbacks.Callback):
         if best is not None:
             print(">>>> Saved best basic model: {}".format(os.path.join(self.run.folder, best_basic_name)))
             self.best_eval.best_snapshot = None
+
+
+def _checkpointed_model_and_optimizer(model):
+    """The model and optimizer a checkpoint holds: a model with `checkpoint_state()` (the sharded head) gives its dense
+    form, any other model itself."""
+    if hasattr(model, "checkpoint_state"):
+        return model.checkpoint_state()
+    return model, getattr(model, "optimizer", None)
 
 
 def _save_with_weights(model, weights, path):

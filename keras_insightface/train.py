@@ -36,6 +36,7 @@ from . import multi_worker
 from . import myCallbacks
 from . import partial_fc
 from . import sam
+from . import sharded_head
 from . import triplet_mining
 
 SCHEDULE_KEYS = ("loss", "epoch", "optimizer", "bottleneckOnly", "centerloss", "triplet", "alpha", "lossTopK", "distill", "type")
@@ -177,6 +178,8 @@ class Train:
     partial_fc_sample_rate: r in (0, 1): the cosine head is `partial_fc.NormDensePartialFC`, which scores every class of
         the batch plus sampled negatives, `int(r * classes)` in all (None / 1.0: the dense NormDense). The original's
         `partial_fc_split=K` is accepted and means r = 1 / K. See docs/partial_fc.md.
+    shard_centers: True: when the strategy has more than one replica, the NormDense class centers of margin-loss plans
+        are sharded across the replicas (`sharded_head.ShardedHeadModel`, docs/distributed.md); checkpoints stay dense.
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
     """
@@ -217,6 +220,7 @@ class Train:
         vpl_allowed_delta=200,
         partial_fc_sample_rate=None,
         partial_fc_split=0,
+        shard_centers=False,
     ):
         if output_wd_multiply is not None:
             output_weight_decay = output_wd_multiply
@@ -225,6 +229,7 @@ class Train:
         self.partial_fc_sample_rate = partial_fc.sample_rate_of(partial_fc_sample_rate, partial_fc_split)
         if self.partial_fc_sample_rate and jit_compile is True:
             raise ValueError("partial_fc_sample_rate: the sampled head has a data-dependent width, which XLA (jit_compile=True) cannot compile")
+        self.shard_centers = bool(shard_centers)
         self.strategy = tf.distribute.get_strategy()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.worker = multi_worker.worker_place(self.strategy)
@@ -418,6 +423,12 @@ class Train:
 
     def _build_model(self, loss_type, loss_top_k, append_norm, with_center, with_triplet, with_distill):
         """Full model: basic model + head; extra embedding outputs for center / triplet / distill losses."""
+        if self._uses_sharded_head(loss_type, loss_top_k, append_norm, with_center or with_triplet or with_distill):
+            self.model, self.output_kinds = self._sharded_model(), ["label"]
+            return
+        if isinstance(self.model, sharded_head.ShardedHeadModel):
+            self.output_layer = self.model.dense_head()  # a dense plan continues from the sharded centers
+            self.head_signature = self._current_head_signature()
         embedding = self.basic_model.outputs[0]
         if loss_type in EMBEDDING_TYPES:
             head = keras.layers.Identity(name=loss_type, dtype="float32")
@@ -463,6 +474,28 @@ class Train:
     def _vpl_start_step(self):
         """The original's rule: vpl_start_iters < 50 counts epochs, else steps."""
         return self.vpl_start_iters * self.steps_per_epoch if self.vpl_start_iters < 50 else self.vpl_start_iters
+
+    def _uses_sharded_head(self, loss_type, loss_top_k, append_norm, with_extra_outputs):
+        """True for a margin-loss plan under `shard_centers` and more than one replica; refuses what it cannot shard."""
+        if not self.shard_centers or self.num_replicas < 2 or loss_type in EMBEDDING_TYPES:
+            return False
+        if loss_type != "arcface" or loss_top_k != 1 or append_norm or with_extra_outputs:
+            raise ValueError(
+                "shard_centers: only margin-loss plans without lossTopK, feature-norm losses, centerloss, triplet or distill "
+                "shard their class centers; got type={}, lossTopK={}".format(loss_type, loss_top_k)
+            )
+        if self.mixup_alpha or self.sam_rho > 0 or self.vpl_start_iters > 0:
+            raise ValueError("shard_centers does not combine with mixup_alpha, sam_rho or vpl_start_iters")
+        return True
+
+    def _sharded_model(self):
+        """The ShardedHeadModel of this run: kept across plans, starting from the dense head's centers when there is one."""
+        if isinstance(self.model, sharded_head.ShardedHeadModel) and self.model.classes == self.classes:
+            return self.model
+        dense_head = self.output_layer if sharded_head.is_dense_head_of(self.output_layer, self.classes) else None
+        print(">>>> Build output layer: class centers sharded across {} replicas, classes={}{}".format(
+            self.num_replicas, self.classes, ", from the loaded NormDense" if dense_head is not None else ""))
+        return sharded_head.ShardedHeadModel(self.basic_model, self.classes, kernel_regularizer=self._output_regularizer(), dense_head=dense_head)
 
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
@@ -575,6 +608,7 @@ class Train:
             self.model.compile(optimizer=self.optimizer, loss=losses_list[0], metrics=metrics[0], **execution)
         else:
             self.model.compile(optimizer=self.optimizer, loss=losses_list, loss_weights=weights, metrics=metrics, **execution)
+        self.optimizer = self.model.optimizer  # a sharded head compiles a copy of an optimizer built for a dense head
 
     def _is_partial_fc(self):
         return isinstance(self.output_layer, partial_fc.NormDensePartialFC) and self.output_layer in self.model.layers
