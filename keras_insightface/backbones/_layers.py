@@ -1,7 +1,7 @@
 """Layer helpers shared by the backbone builders, written with plain Keras layers only.
 
 `LayerBuilder` holds the BatchNorm settings of one graph and writes the common blocks; its BatchNorms are
-the fused `keras_insightface.batchnorm.BatchNormalization`. A block
+the fused `keras_insightface.batchnorm.BatchNormalization`, its PReLUs `keras_insightface.prelu.PReLU`. A block
 called `name` is made of `name_conv` (or `name_dw` for a depthwise conv), `name_bn` and
 `name_<activation>` (`name_prelu` for a PReLU shared over height and width), so the backbones
 keep one naming scheme and their saved models load without custom objects.
@@ -15,6 +15,7 @@ Usage:
 import keras
 
 from ..batchnorm import BatchNormalization
+from ..prelu import PReLU
 
 
 def make_divisible(value, divisor, min_value=None):
@@ -61,7 +62,7 @@ class LayerBuilder:
     def activation(self, inputs, name, activation):
         """`name_<activation>`: an Activation layer, or a PReLU shared over height and width for "prelu"."""
         if activation == "prelu":
-            return keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")(inputs)
+            return PReLU(shared_axes=[1, 2], name=name + "_prelu")(inputs)
         return keras.layers.Activation(activation, name=name + "_" + activation)(inputs)
 
     def bn(self, inputs, name, activation=None):
