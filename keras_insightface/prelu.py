@@ -1,8 +1,8 @@
-"""PReLU with one fused forward / backward on the TensorFlow backend.
+"""PReLU with a shorter forward and a hand-written backward on the TensorFlow backend.
 
 Keras 3's `PReLU` (like tf_keras's) computes `relu(x) - alpha * relu(-x)`: five elementwise ops on the whole map
 forward and about a dozen in its gradient. `PReLU` here is the Keras layer (it subclasses it: same arguments,
-the same `alpha` weight, the same saved format) whose TensorFlow forward is `max(x, 0) + alpha * min(x, 0)`
+the same `alpha` weight, the same saved format) whose TensorFlow forward in training is `max(x, 0) + alpha * min(x, 0)`
 with a hand-written gradient:
 
     dx     = g            where x > 0, else alpha * g
@@ -47,21 +47,19 @@ def fused_prelu(inputs, alpha, reduce_axes):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PReLU(keras.layers.PReLU):
-    """`keras.layers.PReLU` computed by `fused_prelu` on the TensorFlow backend (the stock computation elsewhere).
+    """`keras.layers.PReLU` computed by `fused_prelu` in training on the TensorFlow backend (the stock computation elsewhere).
 
     Same arguments, weight and outputs as the stock layer (see the module docstring for the one gradient
-    convention that differs, at x == 0). Outside training (inference, export) it is the same forward without the
-    custom gradient, so exported graphs hold only plain ops.
+    convention that differs, at x == 0). Outside training (inference, export) it runs the stock computation, so
+    exported graphs are the stock layer's (the TFLite converter still finds its PRELU pattern).
 
     Usage: nn = PReLU(shared_axes=[1, 2], name="stem_prelu")(nn)
     """
 
     def call(self, inputs, training=None):
-        if keras.backend.backend() != "tensorflow":
+        if not training or keras.backend.backend() != "tensorflow":
             return super().call(inputs)
         alpha = tf.cast(self.alpha, inputs.dtype)
-        if not training:
-            return tf.maximum(inputs, 0) + alpha * tf.minimum(inputs, 0)
         return fused_prelu(inputs, alpha, self._reduce_axes(len(inputs.shape)))
 
     def _reduce_axes(self, rank):
