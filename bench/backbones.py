@@ -127,7 +127,7 @@ def torch_train_step(name, classes, batch_size):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
