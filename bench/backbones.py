@@ -156,6 +156,7 @@ def compare_train_steps(args, host):
         for _ in range(args.rounds):
             for side, step in sides.items():
                 times[side].append(burst_step_time(step, args.steps, args.warmup))
+                print(f"{name} {side}: {times[side][-1]:.3f} s/step", file=sys.stderr, flush=True)
         medians = {side: statistics.median(values) for side, values in times.items()}
         for side, values in times.items():
             record = {"name": f"train_step/{name}/{side}", "metric": "images_per_second", "value": round(args.batch_size / medians[side], 3),
