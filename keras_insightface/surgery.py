@@ -98,9 +98,9 @@ def _is_relu(layer):
 def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
     """A copy of `model` where every ReLU / ReLU6 layer becomes `target_activation`, other weights kept.
 
-    "PReLU" gives a `prelu.PReLU` (the stock Keras layer with a fused gradient) sharing its slopes over the spatial axes (`shared_axes=[1, 2]` on 4D
-    maps) with slopes starting at 0, so the new model computes what the old one did until trained
-    (ReLU6 caps are dropped). Any other value is a Keras activation name (e.g. "swish").
+    "PReLU" gives a `prelu.PReLU` (the stock Keras layer, cheaper to train) sharing its slopes over the spatial
+    axes (`shared_axes=[1, 2]` on 4D maps) with slopes starting at 0, so the new model computes what the old
+    one did until trained (ReLU6 caps are dropped). Any other value is a Keras activation name (e.g. "swish").
     `kwargs` go to the PReLU layers.
 
     Usage:
