@@ -15,6 +15,7 @@ Usage:
 import keras
 
 from ..batchnorm import BatchNormalization
+from ..grouped_conv import Conv2D
 from ..prelu import PReLU
 
 
@@ -70,7 +71,8 @@ class LayerBuilder:
         return self.activation(nn, name, activation) if activation else nn
 
     def conv(self, inputs, filters, kernel_size, strides, name, groups=1, padding="same"):
-        return keras.layers.Conv2D(
+        conv_class = Conv2D if groups > 1 else keras.layers.Conv2D  # grouped: dense on a CPU (grouped_conv.py)
+        return conv_class(
             filters, kernel_size, strides, padding=padding, groups=groups, use_bias=False, name=name + "_conv"
         )(inputs)
 
