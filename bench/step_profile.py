@@ -9,6 +9,7 @@ Variants, each leaving out or swapping one part:
   sgd_no_momentum    SGD without momentum: one slot update less per variable
   no_metrics         no accuracy metric
   relu_for_prelu     every PReLU replaced by a ReLU (models that have PReLU only)
+  stock_prelu        the stock Keras PReLU instead of `prelu.PReLU` (models that have PReLU only)
 Variants run round-robin `--repeats` times in one process; a run's step time is the median interval between
 batch ends after the first `--warmup` batches, and each variant's value is the median over its runs.
 One JSON object per line on stdout.
@@ -32,7 +33,8 @@ from keras_insightface import losses, models, surgery  # noqa: E402
 from bench_common import load_average, machine  # noqa: E402
 
 NUM_CLASSES, BATCH_SIZE, INPUT_SHAPE = 100, 32, (112, 112, 3)
-VARIANTS = ("default", "stock_bn", "sgd_no_momentum", "no_metrics", "relu_for_prelu")
+VARIANTS = ("default", "stock_bn", "sgd_no_momentum", "no_metrics", "relu_for_prelu", "stock_prelu")
+PRELU_VARIANTS = ("relu_for_prelu", "stock_prelu")
 
 
 class BatchTimer(keras.callbacks.Callback):
@@ -66,6 +68,8 @@ def build_model(name, variant):
     basic_model = models.buildin_models(name, dropout=0, emb_shape=256, output_layer="GDC", fused_batchnorm=variant != "stock_bn")
     if variant == "relu_for_prelu":
         basic_model = relu_for_prelu(basic_model)
+    if variant == "stock_prelu":
+        basic_model = surgery.convert_prelu(basic_model, fused=False)
     head = models.NormDense(NUM_CLASSES, name="NormDense", dtype="float32")
     model = keras.Model(basic_model.inputs[0], head(basic_model.outputs[0]))
     momentum = 0.0 if variant == "sgd_no_momentum" else 0.9
@@ -97,7 +101,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     host = machine()
     for name in args.models:
-        variants = [vv for vv in args.variants if vv != "relu_for_prelu" or has_prelu(models.buildin_models(name, dropout=0))]
+        with_prelu = has_prelu(models.buildin_models(name, dropout=0))
+        variants = [vv for vv in args.variants if vv not in PRELU_VARIANTS or with_prelu]
         keras.backend.clear_session()
         times = {variant: [] for variant in variants}
         for _ in range(args.repeats):

@@ -116,14 +116,15 @@ def tiny_backbone(input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3)):
     import keras
 
     from .batchnorm import BatchNormalization
+    from .prelu import PReLU
 
     inputs = keras.Input(input_shape)
     nn = inputs
     for filters in (16, 32, 64, 128):
         nn = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(nn)
         nn = BatchNormalization()(nn)
-        nn = keras.layers.PReLU(shared_axes=[1, 2])(nn)
+        nn = PReLU(shared_axes=[1, 2])(nn)
         nn = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(nn)
         nn = BatchNormalization()(nn)
-        nn = keras.layers.PReLU(shared_axes=[1, 2])(nn)
+        nn = PReLU(shared_axes=[1, 2])(nn)
     return keras.Model(inputs, nn, name="tiny_backbone")

@@ -5,9 +5,12 @@ Usage:
     from keras_insightface import surgery
     basic_model = surgery.add_l2_regularizer_2_model(basic_model, 1e-3, apply_to_batch_normal=True)
     basic_model = surgery.replace_ReLU_with_PReLU(basic_model)
+    basic_model = surgery.convert_prelu(basic_model)  # stock Keras PReLU layers -> prelu.PReLU
     basic_model = surgery.mixed_precision_model(basic_model, "mixed_bfloat16")
 """
 import keras
+
+from . import prelu
 
 
 def iter_layers(model):
@@ -95,9 +98,9 @@ def _is_relu(layer):
 def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
     """A copy of `model` where every ReLU / ReLU6 layer becomes `target_activation`, other weights kept.
 
-    "PReLU" gives a PReLU sharing its slopes over the spatial axes (`shared_axes=[1, 2]` on 4D
-    maps) with slopes starting at 0, so the new model computes what the old one did until trained
-    (ReLU6 caps are dropped). Any other value is a Keras activation name (e.g. "swish").
+    "PReLU" gives a `prelu.PReLU` (the stock Keras layer, cheaper to train) sharing its slopes over the spatial
+    axes (`shared_axes=[1, 2]` on 4D maps) with slopes starting at 0, so the new model computes what the old
+    one did until trained (ReLU6 caps are dropped). Any other value is a Keras activation name (e.g. "swish").
     `kwargs` go to the PReLU layers.
 
     Usage:
@@ -112,8 +115,32 @@ def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
         if target_name.lower() == "prelu":
             rank = len(layer.output.shape)
             prelu_kwargs = {"alpha_initializer": "zeros", "shared_axes": list(range(1, rank - 1)) or None, **kwargs}
-            return keras.layers.PReLU(name=name, **prelu_kwargs)
+            return prelu.PReLU(name=name, **prelu_kwargs)
         return keras.layers.Activation(target_activation, name=name)
+
+    return rebuild(model, convert_layer)
+
+
+def _swappable_prelu(layer, target):
+    """A stock or fused PReLU that is not already `target` (other subclasses are left alone)."""
+    return type(layer) in (prelu.PReLU, keras.layers.PReLU) and type(layer) is not target
+
+
+def convert_prelu(model, fused=True):
+    """`model` with each stock Keras PReLU swapped for `prelu.PReLU` (or back, `fused=False`), weights kept.
+
+    The result computes what `model` did and loads the same weight files. A model with nothing to swap is
+    returned as is; otherwise it is a copy.
+
+    Usage: basic_model = convert_prelu(keras.models.load_model("old_basic_model.h5"))
+    """
+    target = prelu.prelu_class(fused)
+    if not any(_swappable_prelu(layer, target) for layer in iter_layers(model)):
+        return model
+
+    def convert_layer(layer):
+        layer_class = target if _swappable_prelu(layer, target) else layer.__class__
+        return layer_class.from_config(layer.get_config())
 
     return rebuild(model, convert_layer)
 

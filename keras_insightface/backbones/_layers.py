@@ -1,7 +1,7 @@
 """Layer helpers shared by the backbone builders, written with plain Keras layers only.
 
 `LayerBuilder` holds the BatchNorm settings of one graph and writes the common blocks; its BatchNorms are
-the fused `keras_insightface.batchnorm.BatchNormalization`. A block
+the fused `keras_insightface.batchnorm.BatchNormalization`, its PReLUs `keras_insightface.prelu.PReLU`. A block
 called `name` is made of `name_conv` (or `name_dw` for a depthwise conv), `name_bn` and
 `name_<activation>` (`name_prelu` for a PReLU shared over height and width), so the backbones
 keep one naming scheme and their saved models load without custom objects.
@@ -15,6 +15,8 @@ Usage:
 import keras
 
 from ..batchnorm import BatchNormalization
+from ..grouped_conv import Conv2D
+from ..prelu import PReLU
 
 
 def make_divisible(value, divisor, min_value=None):
@@ -61,7 +63,7 @@ class LayerBuilder:
     def activation(self, inputs, name, activation):
         """`name_<activation>`: an Activation layer, or a PReLU shared over height and width for "prelu"."""
         if activation == "prelu":
-            return keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")(inputs)
+            return PReLU(shared_axes=[1, 2], name=name + "_prelu")(inputs)
         return keras.layers.Activation(activation, name=name + "_" + activation)(inputs)
 
     def bn(self, inputs, name, activation=None):
@@ -69,7 +71,8 @@ class LayerBuilder:
         return self.activation(nn, name, activation) if activation else nn
 
     def conv(self, inputs, filters, kernel_size, strides, name, groups=1, padding="same"):
-        return keras.layers.Conv2D(
+        conv_class = Conv2D if groups > 1 else keras.layers.Conv2D  # grouped: dense on a CPU (grouped_conv.py)
+        return conv_class(
             filters, kernel_size, strides, padding=padding, groups=groups, use_bias=False, name=name + "_conv"
         )(inputs)
 
