@@ -575,7 +575,7 @@ def _block_shuffle(records, block_size, seed):
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block)[0]), block_seed)
         return tf.data.Dataset.from_tensor_slices(tf.gather(block, order))
 
-    return records.batch(block_size).enumerate().flat_map(shuffle_block)
+    return records.batch(block_size).prefetch(1).enumerate().flat_map(shuffle_block)  # the next block reads meanwhile
 
 
 def _shard_records(paths, shuffled, shuffle_buffer_size, seed_ds):
