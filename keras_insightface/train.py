@@ -544,7 +544,7 @@ class Train:
 
     def _training_dataset(self):
         """Map dataset labels onto the model outputs: (x, y) or (x, (y, emb)) -> (x, targets)."""
-        kinds, has_embeddings, label_input = tuple(self.output_kinds), self.has_embeddings, len(self.model.inputs) > 1
+        kinds, has_embeddings, label_input = tuple(self.output_kinds), self.has_embeddings, self._is_partial_fc()
 
         def to_targets(images, labels):
             label, embedding = labels if has_embeddings else (labels, None)
