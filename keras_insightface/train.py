@@ -135,15 +135,18 @@ def _check_later_options(sam_rho, vpl_start_iters, vpl_allowed_delta):
     return float(sam_rho), vpl_start_iters, vpl_allowed_delta
 
 
+def _soft_label_or_own_step_options(mixup_alpha, sam_rho, vpl_start_iters):
+    """Names of the enabled options that need soft labels (mixup) or their own training step (SAM, VPL)."""
+    enabled = {"mixup_alpha": mixup_alpha > 0, "sam_rho": sam_rho > 0, "vpl_start_iters": vpl_start_iters > 0}
+    return [name for name, on in enabled.items() if on]
+
+
 def _check_partial_fc_combination(partial_fc_sample_rate, mixup_alpha, sam_rho, vpl_start_iters):
     """Partial FC samples classes from integer labels, with its own rows-only optimizer step: refuse what breaks that."""
-    if not partial_fc_sample_rate:
-        return
-    others = {"mixup_alpha": mixup_alpha > 0, "sam_rho": sam_rho > 0, "vpl_start_iters": vpl_start_iters > 0}
-    for name, enabled in others.items():
-        if enabled:
-            raise ValueError("partial_fc_sample_rate does not combine with {} (the sampled head needs integer labels and "
-                             "its rows-only optimizer step); use one of them".format(name))
+    in_use = _soft_label_or_own_step_options(mixup_alpha, sam_rho, vpl_start_iters) if partial_fc_sample_rate else []
+    if in_use:
+        raise ValueError("partial_fc_sample_rate does not combine with {} (the sampled head needs integer labels and "
+                         "its rows-only optimizer step); use one of them".format(in_use[0]))
 
 
 class Train:
@@ -484,7 +487,7 @@ class Train:
                 "shard_centers: only margin-loss plans without lossTopK, feature-norm losses, centerloss, triplet or distill "
                 "shard their class centers; got type={}, lossTopK={}".format(loss_type, loss_top_k)
             )
-        if self.mixup_alpha or self.sam_rho > 0 or self.vpl_start_iters > 0:
+        if _soft_label_or_own_step_options(self.mixup_alpha, self.sam_rho, self.vpl_start_iters):
             raise ValueError("shard_centers does not combine with mixup_alpha, sam_rho or vpl_start_iters")
         return True
 
