@@ -367,7 +367,7 @@ def with_teacher_embeddings(ds, teacher, norm=face_io.KERAS_NORM):
     def embed(images, labels):
         labels = labels[0] if isinstance(labels, tuple) else labels
         teacher_images = images if (mean, std) == (teacher_mean, teacher_std) else (images * std + mean - teacher_mean) / teacher_std
-        embeddings = tf.nest.flatten(teacher(teacher_images, training=False))[0]
+        embeddings = face_io.first_output(teacher(teacher_images, training=False))
         return images, (labels, tf.cast(embeddings, tf.float32))
 
     return ds.map(embed)

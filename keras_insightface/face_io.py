@@ -245,16 +245,20 @@ def embedding_function(model, image_shape, flip=True, norm=None):
 
         def embed(images):
             inputs = normalize(images, norm)
-            embedding = _first_output(model(inputs, training=False))
+            embedding = first_output(model(inputs, training=False))
             if flip:
-                embedding = embedding + _first_output(model(tf.reverse(inputs, axis=[2]), training=False))
+                embedding = embedding + first_output(model(tf.reverse(inputs, axis=[2]), training=False))
             return tf.cast(embedding, tf.float32)
 
         functions[key] = tf.function(embed, input_signature=[tf.TensorSpec((None, *key[0]), tf.uint8)])
     return functions[key]
 
 
-def _first_output(outputs):
+def first_output(outputs):
+    """The first output of a model that may return several (a list or tuple), else the output itself.
+
+    Usage: embedding = first_output(model(images, training=False))
+    """
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 

@@ -64,10 +64,6 @@ class ModelInterf:
         return "ModelInterf(name={!r}, layout={}, mean={}, std={})".format(self.name, self.input_layout, self.mean, self.std)
 
 
-def _first_output(outputs):
-    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-
-
 class KerasModelInterf(ModelInterf):
     """A Keras model run through `face_io.embedding_function` (traced once, reused).
 
@@ -162,7 +158,7 @@ def _load_torchscript(model_file):
 
     def predict(inputs):
         with torch.no_grad():
-            return _first_output(module(torch.from_numpy(inputs))).cpu().numpy()
+            return face_io.first_output(module(torch.from_numpy(inputs))).cpu().numpy()
 
     return predict, "NCHW", INSIGHTFACE_NORM
 
