@@ -18,10 +18,15 @@ instant leaves the last committed epoch complete in `name_state/`, and `recover(
 loads a checkpoint) republishes it. The previous epoch is kept too, so a resume at the epoch the published
 history named just before a crash finds its exact state (`generation_of` / `generation_dir`).
 
+Resume reads a commit back (`Resume`): the saved full model, its optimizer state (checked against the model's
+weights), its centers and history, and the committed epoch the model file is; `state_at(epoch)` moves to the
+committed state of another kept epoch.
+
 Usage:
     run = RunCheckpoint("keras_mobilenet_emore.h5")
     run.commit(epoch=3, writers={"model": model.save, "history": lambda path: write_json(path, history)})
     run.recover()                 # after a crash: publish the last committed epoch again
+    resume = Resume("checkpoints/keras_mobilenet_emore.h5"); model = resume.load_model()
 """
 import errno
 import glob
@@ -303,3 +308,91 @@ def _link_into_place(source, target):
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
+
+
+# ---------------------------------------------------------------- resume
+def load_model(path, custom_objects=None):
+    """Load a saved `.h5` / `.keras` model without its compile state (each plan sets the losses).
+
+    Usage: model = checkpoints.load_model("checkpoints/m.h5")
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError("Model file not found: {}".format(path))
+    return keras.models.load_model(path, custom_objects=custom_objects or {}, compile=False)
+
+
+def _optimizer_of_model_file(model_path, custom_objects):
+    """A fresh optimizer from the config saved in a model file, or None when it has none."""
+    try:
+        optimizer = keras.models.load_model(model_path, custom_objects=custom_objects or {}, compile=True).optimizer
+    except (ValueError, TypeError, KeyError):
+        return None
+    if optimizer is None:
+        return None
+    print(">>>> No optimizer state beside {}: restarting {} with its saved config".format(model_path, type(optimizer).__name__))
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+class ResumedState:
+    """The committed state of one epoch read back: the model weights are already set; its optimizer (or None) and
+    history are here."""
+
+    def __init__(self, optimizer, history):
+        self.optimizer, self.history = optimizer, history
+
+
+class Resume:
+    """A run continued from a saved full model (`Train(model="checkpoints/name.h5")`): the committed epoch that file is,
+    and the files of that commit by role.
+
+    The chief first lets `recover()` republish the last committed epoch; other workers of a multi-worker run read the
+    last committed epoch as it is (the chief may be republishing it).
+    Usage:
+        resume = Resume("checkpoints/m.h5"); model = resume.load_model()
+        optimizer = resume.load_optimizer(model); history_path = resume.file("history")
+    """
+
+    def __init__(self, model_path, is_chief=True):
+        self.run = RunCheckpoint.of_model_file(model_path)
+        if is_chief:
+            self.run.recover()
+        elif self.run.generations():
+            model_path = self.run.generation_file(self.run.generations()[-1], "model")
+        self.model_path = model_path
+        self.epoch = self.run.generation_of(model_path)
+
+    def file(self, role):
+        """The checkpoint's file of `role`: from its committed epoch folder, else beside the model file."""
+        if self.epoch is not None:
+            return self.run.generation_file(self.epoch, role)
+        return self.run.published_path(role)
+
+    def load_model(self, custom_objects=None):
+        return load_model(self.model_path, custom_objects)
+
+    def load_optimizer(self, model, custom_objects=None):
+        """The checkpoint's optimizer: with its state (checked against `model`'s weights), else fresh from the config
+        saved in the model file, else None. A truncated or mismatched state raises CheckpointError."""
+        if os.path.exists(self.file("optimizer")):
+            return restore_optimizer_state(self.file("optimizer"), model.trainable_variables, model.weights)
+        return _optimizer_of_model_file(self.model_path, custom_objects)
+
+    def state_at(self, epoch, model, with_optimizer):
+        """Make `model` the committed state of `epoch` when that commit is kept; returns its `ResumedState`, or None
+        when the loaded epoch already is `epoch` or `epoch` is not kept (a warning: training continues from the
+        loaded state).  Usage: state = resume.state_at(3, tt.model, with_optimizer=True)
+        """
+        if self.epoch is None or self.epoch == epoch:
+            return None
+        kept = self.run.generations()
+        if epoch not in kept:
+            print(">>>> Warning: {} holds epoch {} (kept states: {}); training continues from it as epoch {}".format(
+                self.run.model_path, self.epoch, kept, epoch))
+            return None
+        print(">>>> {} holds epoch {}: resuming from the state committed at epoch {}".format(self.run.model_path, self.epoch, epoch))
+        self.epoch = epoch
+        model.set_weights(load_model(self.file("model")).get_weights())
+        optimizer = None
+        if with_optimizer and os.path.exists(self.file("optimizer")):
+            optimizer = restore_optimizer_state(self.file("optimizer"), model.trainable_variables, model.weights)
+        return ResumedState(optimizer, load_history(self.file("history")))

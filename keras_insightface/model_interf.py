@@ -103,6 +103,21 @@ def load_keras_model(model_file):
         raise ValueError("{}: not a readable Keras model ({}: {})".format(model_file, type(error).__name__, error)) from error
 
 
+def load_teacher(teacher_model_interf):
+    """The teacher of online distillation (`Train(teacher_model_interf=...)`): None, a keras.Model, or a Keras model
+    file loaded without compile.  Usage: teacher = load_teacher("teacher_basic_model.h5")
+    """
+    import keras
+
+    if teacher_model_interf is None or isinstance(teacher_model_interf, keras.Model):
+        return teacher_model_interf
+    if isinstance(teacher_model_interf, (str, os.PathLike)):
+        print(">>>> Load teacher model from:", teacher_model_interf)
+        return load_keras_model(os.fspath(teacher_model_interf))
+    raise ValueError("teacher_model_interf must be a keras.Model or a Keras model file (.h5 / .keras), got {!r}; other teachers "
+                     "(ONNX, TorchScript, MXNet) give their embeddings through data_distiller.py".format(teacher_model_interf))
+
+
 
 def _onnx_layout(shape):
     """NCHW when the channel axis (size 3) is second, NHWC when it is last."""

@@ -1,5 +1,6 @@
 """The training model of `Train` when a plan needs more than Keras' plain step: sharpness-aware minimization
-(`Train(sam_rho=...)`) and the prototype queue of a `models.NormDenseVPL` head (`Train(vpl_start_iters=...)`).
+(`Train(sam_rho=...)`), and the end-of-step hook of head layers that keep state between steps (`after_train_step`:
+the prototype queue of `heads.vpl.NormDenseVPL`, `Train(vpl_start_iters=...)`).
 
 Usage:
     from keras_insightface import sam
@@ -23,8 +24,9 @@ class SAMModel(keras.Model):
     gradients. Metrics are those of the first forward pass. Both forward passes run in training mode (BatchNorm
     statistics and stateful losses update twice per step, as the original). `rho=0` is Keras' own step.
 
-    After each step every `models.NormDenseVPL` layer gets the batch's labels (`update_queue`): of the first target,
-    integer labels or the class of largest weight of label rows (the original's `argmax`).
+    After each step every layer with an `after_train_step(labels)` method (`NormDenseVPL`: its queue update) gets the
+    batch's labels: of the first target, integer labels or the class of largest weight of label rows (the original's
+    `argmax`).
     TensorFlow backend (it follows Keras' TensorFlow `train_step`, loss scaling of mixed float16 included).
     Usage: model = SAMModel(inputs, outputs, rho=0.05)
     """
@@ -40,7 +42,7 @@ class SAMModel(keras.Model):
             logs = self._sharpness_aware_step(data)
         else:
             logs = super().train_step(data)
-        self._update_prototype_queues(keras.utils.unpack_x_y_sample_weight(data)[1])
+        self._end_of_step(keras.utils.unpack_x_y_sample_weight(data)[1])
         return logs
 
     def _loss(self, x, y, sample_weight):
@@ -75,17 +77,15 @@ class SAMModel(keras.Model):
         finite, scale = tf.math.is_finite(norm), self.rho / (norm + _TINY_NORM)
         return [tf.where(finite, grad * tf.cast(scale, grad.dtype), tf.zeros_like(grad)) for grad in gradients]
 
-    def _update_prototype_queues(self, y):
-        from .models import NormDenseVPL
-
-        heads = [layer for layer in self.layers if isinstance(layer, NormDenseVPL)]
-        if heads:
+    def _end_of_step(self, y):
+        hooks = [layer.after_train_step for layer in self.layers if hasattr(layer, "after_train_step")]
+        if hooks:
             labels = losses.hard_labels(tf.nest.flatten(y)[0])
             # Keras runs one more step function at the end of a dataset of unknown length, whose input fails: ops
             # without a data dependency (the step counter) would still run there.
             with tf.control_dependencies([labels]):
-                for head in heads:
-                    head.update_queue(labels)
+                for hook in hooks:
+                    hook(labels)
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_insightface import losses, models, optimizers, partial_fc, train
+from keras_insightface import demo, losses, models, optimizers, partial_fc, train
 from tests.helpers import tiny_basic_model
 
 EMB = 8
@@ -235,7 +235,7 @@ def test_train_refuses_a_softmax_plan_and_xla(workdir):
 def test_demo_with_rate_one_tenth_is_as_accurate_as_dense(workdir):
     """The demo (60 identities, batch 32), two epochs each way. At r = 0.1 the sample (6 classes) is smaller than a
     batch's distinct labels (about 25), so each step scores the batch's positives only: the rule's extreme case."""
-    dense = train.run_demo("demo_data", epochs=2)
-    sampled = train.run_demo("demo_data", epochs=2, partial_fc_sample_rate=0.1)
+    dense = demo.run_demo("demo_data", epochs=2)
+    sampled = demo.run_demo("demo_data", epochs=2, partial_fc_sample_rate=0.1)
     assert dense > 0.75
     assert sampled >= dense - 0.03

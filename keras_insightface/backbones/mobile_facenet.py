@@ -22,7 +22,8 @@ Usage:
 """
 import keras
 
-from .. import heads, surgery
+from .. import surgery
+from ..heads.embedding import add_embedding_head
 from . import _layers, registry
 
 BN_MOMENTUM = 0.99
@@ -154,7 +155,7 @@ def mobile_facenet(
     backbone = MobileFaceNet(input_shape=input_shape, use_se=use_se, name=name + "_backbone", **bn_settings)
     pointwise = _Builder(use_se=use_se, **bn_settings).conv_bn(backbone.output, POINTWISE_CHANNELS, 1, 1, "pointwise", "prelu")
     backbone = keras.Model(backbone.input, pointwise, name=backbone.name)
-    basic_model = heads.add_embedding_head(
+    basic_model = add_embedding_head(
         backbone, emb_shape=emb_shape, output_layer=output_layer, dropout=dropout, **bn_settings, **kwargs, name=name
     )
     if weight_decay:

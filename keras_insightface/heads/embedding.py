@@ -6,14 +6,14 @@ float32 layer `embedding`. Their BatchNorms are the fused `batchnorm.BatchNormal
 `fused_batchnorm=False`.
 
 Usage:
-    from keras_insightface import heads
-    basic_model = heads.add_embedding_head(backbone, emb_shape=512, output_layer="GDC", dropout=0)
+    from keras_insightface.heads import embedding
+    basic_model = embedding.add_embedding_head(backbone, emb_shape=512, output_layer="GDC", dropout=0)
 """
 import functools
 
 import keras
 
-from . import batchnorm
+from .. import batchnorm
 
 
 def _dropout(inputs, dropout, name):
