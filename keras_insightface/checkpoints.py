@@ -10,6 +10,7 @@ A run saved as `save_path="name.h5"` owns, in `checkpoints/`:
 | `name_hist.json`                         | the history; the number of epochs done is its length        |
 | `name_basic_<eval>_epoch_<n>_<acc>.h5`   | the best basic model on the last eval set                   |
 | `name_state/epoch_<n>/`                  | the same files of epoch n (and of epoch n - 1): the commit log |
+| `name_earlier_<k>/`                      | an earlier run's files, kept when a new run restarts below its epochs |
 
 Every epoch end is one commit: the files are first written completely into `name_state/.epoch_<n>.partial/`,
 which is then renamed to `name_state/epoch_<n>` (the commit point: one atomic rename), and only then
@@ -17,6 +18,10 @@ published under the names above (hard links, each renamed into place; the histor
 instant leaves the last committed epoch complete in `name_state/`, and `recover()` (run by `Train` when it
 loads a checkpoint) republishes it. The previous epoch is kept too, so a resume at the epoch the published
 history named just before a crash finds its exact state (`generation_of` / `generation_dir`).
+
+A best basic model is only ever removed for a better or equal one. A run that starts below the epochs its folder
+already holds (a new `Train` on an existing `save_path`, or a second `tt.train(sch, 0)`) first keeps the earlier
+run's files, hard-linked under `name_earlier_<k>/` (`keep_earlier_run`), so its history and best models survive.
 
 Resume reads a commit back (`Resume`): the saved full model, its optimizer state (checked against the model's
 weights), its centers and history, and the committed epoch the model file is; `state_at(epoch)` moves to the
@@ -50,6 +55,8 @@ GENERATIONS_KEPT = 2
 ROLE_FILES = {"optimizer": "optimizer.npz", "centers": "centers.npy", "history": "hist.json", "best_basic": "best_basic.h5"}
 # the history names the epochs done; a best basic model is published after it, so it is never newer than the history
 PUBLISH_ORDER = ("optimizer", "centers", "model", "history", "best_basic")
+EARLIER_RUN_INFIX = "_earlier_"
+BEST_BASIC_ACCURACY = re.compile(r"_([0-9.]+)\.h5$")
 
 
 class CheckpointError(RuntimeError):
@@ -191,6 +198,12 @@ class RunCheckpoint:
         pattern = re.compile(re.escape(base) + r"\d+(_batch_\d+)?_[0-9.]+\.h5$")
         return [path for path in glob.glob(os.path.join(glob.escape(self.folder), glob.escape(base) + "*.h5")) if pattern.match(os.path.basename(path))]
 
+    def all_best_basic_files(self):
+        """The best basic model files of every eval set in the folder."""
+        pattern = re.compile(re.escape(self.stem) + r"_basic_.+_epoch_\d+(_batch_\d+)?_[0-9.]+\.h5$")
+        names = os.listdir(self.folder) if os.path.isdir(self.folder) else []
+        return [os.path.join(self.folder, name) for name in sorted(names) if pattern.match(name)]
+
     def published_path(self, role, best_basic_name=None):
         paths = {"model": self.model_path, "optimizer": self.optimizer_path, "centers": self.centers_path, "history": self.history_path}
         return paths[role] if role in paths else os.path.join(self.folder, best_basic_name)
@@ -264,10 +277,7 @@ class RunCheckpoint:
             if not (os.path.exists(target) and os.path.samefile(source, target)):
                 _link_into_place(source, target)
             if role == "best_basic":
-                test_name = _best_basic_test_name(best_basic_name, self.stem)
-                for old in self.best_basic_files(test_name):
-                    if os.path.basename(old) != best_basic_name:
-                        os.remove(old)
+                remove_worse_best(self.best_basic_files(_best_basic_test_name(best_basic_name, self.stem)), target)
 
     def recover(self):
         """After a crash: drop unfinished commits and publish the last committed epoch again; returns it (or None).
@@ -284,6 +294,55 @@ class RunCheckpoint:
         self.publish(generations[-1])
         return generations[-1]
 
+    # ------------------------------------------------------------ an earlier run in the same place
+    def epochs_done(self):
+        """The epochs the run's files say are done: the last committed epoch, else the history's length, else None."""
+        generations = self.generations()
+        if generations:
+            return generations[-1]
+        if os.path.exists(self.history_path):
+            return len(load_history(self.history_path).get("epoch", []))
+        return None
+
+    def run_files(self):
+        """Every file and folder of this run in its folder: published files, best and latest basic models, the state."""
+        published = [self.model_path, self.optimizer_path, self.centers_path, self.history_path, self.basic_latest_path, self.state_dir]
+        return [path for path in published if os.path.exists(path)] + self.all_best_basic_files()
+
+    def keep_earlier_run_below(self, initial_epoch, resumed_from=None):
+        """Before training from `initial_epoch`: when the folder holds more epochs of this run, keep them
+        (`keep_earlier_run`) and say so, unless this continues the checkpoint `resumed_from` (a `RunCheckpoint`) at one
+        of its kept epochs, the seed's resume. Returns the folder the earlier run is kept in, or None.
+        Usage: run.keep_earlier_run_below(0)
+        """
+        done = self.epochs_done()
+        continued = resumed_from is not None and os.path.abspath(resumed_from.model_path) == os.path.abspath(self.model_path)
+        if done is None or initial_epoch >= done or (continued and initial_epoch in self.generations()):
+            return None
+        kept = self.keep_earlier_run()
+        print(">>>> {} holds {} epochs of an earlier run and training starts at epoch {}: the earlier run's files are kept in {}".format(
+            self.model_path, done, initial_epoch, kept))
+        return kept
+
+    def keep_earlier_run(self):
+        """Hard-link (copy where links are refused) every file of the run into a new `<stem>_earlier_<k>/` folder and
+        return it; the originals stay, so a checkpoint being resumed stays readable.  Usage: run.keep_earlier_run()"""
+        number = 1
+        while os.path.exists(self._beside(EARLIER_RUN_INFIX + str(number))):
+            number += 1
+        kept = self._beside(EARLIER_RUN_INFIX + str(number))
+        partial = kept + PARTIAL_SUFFIX
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        for path in self.run_files():
+            target = os.path.join(partial, os.path.basename(path))
+            if os.path.isdir(path):
+                shutil.copytree(path, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("*" + PARTIAL_SUFFIX))
+            else:
+                _link_or_copy(path, target)
+        os.replace(partial, kept)
+        return kept
+
     def _prune(self, keep_from):
         for epoch in self.generations():
             if epoch < keep_from:
@@ -299,6 +358,22 @@ def _best_basic_test_name(file_name, stem):
     """"m_basic_lfw_epoch_3_0.99.h5" -> "lfw"."""
     rest = file_name[len(stem + "_basic_"):]
     return rest[: rest.rindex("_epoch_")]
+
+
+def remove_worse_best(paths, best_path):
+    """Remove the best-model files in `paths` whose accuracy (the name's last number) is not above `best_path`'s;
+    a better one is never removed.  Usage: remove_worse_best(run.best_basic_files("lfw"), new_best_path)"""
+    best = float(BEST_BASIC_ACCURACY.search(os.path.basename(best_path)).group(1))
+    for path in paths:
+        if os.path.abspath(path) != os.path.abspath(best_path) and float(BEST_BASIC_ACCURACY.search(path).group(1)) <= best:
+            os.remove(path)
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _link_into_place(source, target):

@@ -206,12 +206,10 @@ class eval_callback(keras.callbacks.Callback):
                 self.best_snapshot = (step_name, self.max_accuracy, self.basic_model.get_weights())
 
     def _save_best(self, step_name):
-        """Save the basic model atomically, then remove the previous best of the same name."""
+        """Save the basic model atomically, then remove the previous best of the same name unless it is better."""
         run = checkpoints.RunCheckpoint(self.save_model + ".h5")
         save_path = run.best_basic_path(self.test_names, step_name, self.max_accuracy)
         print(">>>> Saving model to: {}".format(save_path))
         with io_utils.atomic_path(save_path) as tmp:
             self.basic_model.save(tmp, include_optimizer=False)
-        for old_path in run.best_basic_files(self.test_names):
-            if old_path != save_path:
-                os.remove(old_path)
+        checkpoints.remove_worse_best(run.best_basic_files(self.test_names), save_path)

@@ -21,7 +21,6 @@ import select
 import sys
 
 import keras
-import numpy as np
 
 from . import checkpoints
 from .io_utils import atomic_path, atomic_write_text

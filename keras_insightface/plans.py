@@ -116,3 +116,13 @@ def extra_losses(loss_type, centerloss, triplet, alpha, distill, center_loss):
     if distill:
         extra.append((losses.distiller_loss_cosine, float(distill)))
     return extra
+
+
+def distill_output(embedding, teacher_emb_shape, map_layer=None):
+    """(the `distill` output, its map layer): the embedding itself when it has the teacher's width, else a bias-free
+    Dense to that width (`map_layer` reused when it has it).  Usage: output, layer = distill_output(embedding, 512)"""
+    if embedding.shape[-1] == teacher_emb_shape:
+        return keras.layers.Identity(name="distill", dtype="float32")(embedding), map_layer
+    if map_layer is None or map_layer.units != teacher_emb_shape:
+        map_layer = keras.layers.Dense(teacher_emb_shape, use_bias=False, name="distill_emb_map_layer", dtype="float32")
+    return map_layer(embedding), map_layer

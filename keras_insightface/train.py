@@ -37,6 +37,14 @@ def _embedding_sub_model(model, embedding_layer):
     return keras.Model(model.inputs[0], layer.output, name=model.name + "_basic")
 
 
+def _in_policy(policy, model, embedding_layer):
+    """A full model whose basic-model layers (up to `embedding`) compute in `policy`; heads stay (None: unchanged)."""
+    if not policy:
+        return model
+    basic_layers = {layer.name for layer in _embedding_sub_model(model, embedding_layer).layers}
+    return models.mixed_precision_model(model, policy, layer_names=basic_layers)
+
+
 def _global_mixed_policy():
     """The global Keras dtype policy name when it is a mixed one (set by the user), else None."""
     name = keras.mixed_precision.global_policy().name
@@ -158,7 +166,7 @@ class Train:
         self.reset_dataset(data_path)
 
         self._optimizer_variable_ids = {id(var) for var in self.model.trainable_variables} if self.optimizer else set()
-        self._dataset_fast_forwarded, self.center_loss = False, None
+        self._dataset_fast_forwarded, self.center_loss, self._walking_schedule = False, None, False
         self.my_evals = [evals.eval_callback(self.basic_model, path, batch_size=self.batch_size, eval_freq=self.eval_freq,
                                              keep_best=id == len(eval_paths) - 1)  # the last keeps its best basic model
                          for id, path in enumerate(eval_paths)]
@@ -174,12 +182,12 @@ class Train:
             if model_path and os.path.exists(model_path):
                 self.resume = checkpoints.Resume(model_path, is_chief=self.worker.is_chief)
                 model_path = self.resume.model_path
-            model = self._in_mixed_precision(checkpoints.load_model(model_path, custom_objects), basic_model)
+            model = _in_policy(self.mixed_precision, checkpoints.load_model(model_path, custom_objects), basic_model)
             if compile and self.resume is not None:
                 self.optimizer = self.resume.load_optimizer(model, custom_objects)
         elif model is not None:
             self.optimizer = getattr(model, "optimizer", None) if compile else None
-            model = self._in_mixed_precision(model, basic_model)
+            model = _in_policy(self.mixed_precision, model, basic_model)
         if model is not None:
             self.model = model
             self._adopt_heads_of(model)
@@ -190,13 +198,6 @@ class Train:
         if not isinstance(basic_model, keras.Model):
             raise ValueError("basic_model must be a keras.Model or a saved model path when model is None, got {!r}".format(basic_model))
         return models.mixed_precision_model(basic_model, self.mixed_precision) if self.mixed_precision else basic_model
-
-    def _in_mixed_precision(self, model, embedding_layer):
-        """A full model whose basic-model layers (up to `embedding`) compute in `self.mixed_precision`; heads stay."""
-        if not self.mixed_precision:
-            return model
-        basic_layers = {layer.name for layer in _embedding_sub_model(model, embedding_layer).layers}
-        return models.mixed_precision_model(model, self.mixed_precision, layer_names=basic_layers)
 
     def _adopt_heads_of(self, model):
         """Keep the output head and distill map layer of a loaded full model so their weights carry on."""
@@ -245,20 +246,13 @@ class Train:
         embedding, outputs, self.output_kinds = self.basic_model.outputs[0], [], ["label"]
         for name in extras:
             if name == "distill":
-                outputs.append(self._distill_output(embedding))
+                distill, self.distill_map_layer = plans.distill_output(embedding, self.teacher_emb_shape, self.distill_map_layer)
+                outputs.append(distill)
                 self.output_kinds.append("embedding")
             else:
                 outputs.append(keras.layers.Identity(name=plans.EMBEDDING_OUTPUT_NAMES[name], dtype="float32")(embedding))
                 self.output_kinds.append("label")
         self.model = self.plan_head.training_model(self.basic_model, outputs, loss, self.sam_rho, self.basic_model.name + "_train")
-
-    def _distill_output(self, embedding):
-        teacher_emb = self.teacher_emb_shape
-        if embedding.shape[-1] == teacher_emb:
-            return keras.layers.Identity(name="distill", dtype="float32")(embedding)
-        if self.distill_map_layer is None or self.distill_map_layer.units != teacher_emb:
-            self.distill_map_layer = keras.layers.Dense(teacher_emb, use_bias=False, name="distill_emb_map_layer", dtype="float32")
-        return self.distill_map_layer(embedding)
 
     # ---------------------------------------------------------------- data
     def reset_dataset(self, data_path, image_per_class=None):
@@ -363,6 +357,8 @@ class Train:
                                alpha=0.35, lossTopK=1, distill=None, type=None):
         """Train one plan for `epoch` epochs starting at `initial_epoch`.  Usage: tt.train_single_scheduler(losses.ArcfaceLoss(), 2)"""
         plans.check_loss_and_epoch(loss, epoch)
+        if not self._walking_schedule:
+            self._keep_an_earlier_run(initial_epoch)
         loss_type = type or guess_loss_type(loss)
         plans.check_mixup_plan(self.mixup_alpha, loss, loss_type, centerloss, triplet)
         if distill is not None and not self.has_embeddings:
@@ -419,17 +415,27 @@ class Train:
         Usage: tt.train(sch, 0)
         """
         train_schedule = plans.check_schedule(train_schedule, initial_epoch)
+        self._keep_an_earlier_run(initial_epoch)
         self._resume_at(initial_epoch)
-        for plan in train_schedule:
-            kwargs = {key: value for key, value in plan.items() if key != "epoch"}
-            self.train_single_scheduler(epoch=plan["epoch"], initial_epoch=initial_epoch, **kwargs)
-            initial_epoch += 0 if plan.get("bottleneckOnly", False) else plan["epoch"]
-            if self.model.stop_training:
-                print(">>>> Training stopped before the schedule ended")
-                break
+        self._walking_schedule = True
+        try:
+            for plan in train_schedule:
+                kwargs = {key: value for key, value in plan.items() if key != "epoch"}
+                self.train_single_scheduler(epoch=plan["epoch"], initial_epoch=initial_epoch, **kwargs)
+                initial_epoch += 0 if plan.get("bottleneckOnly", False) else plan["epoch"]
+                if self.model.stop_training:
+                    print(">>>> Training stopped before the schedule ended")
+                    break
+        finally:
+            self._walking_schedule = False
         if not self.my_evals and self.worker.is_chief:
             self._save_latest_basic_model()
         return initial_epoch
+
+    def _keep_an_earlier_run(self, initial_epoch):
+        """Training from below the epochs `save_path`'s folder holds starts a new run: the earlier run's files are kept."""
+        if self.worker.is_chief:
+            self.run.keep_earlier_run_below(initial_epoch, resumed_from=self.resume.run if self.resume else None)
 
     def _resume_at(self, initial_epoch):
         """Make the loaded checkpoint's state the one of `initial_epoch`, from its committed epoch folder when kept."""
