@@ -1,16 +1,51 @@
-"""What every command-line tool shares: user errors end as `prog: error: <what, which file>` with exit status 2.
+"""What every command-line tool shares: user errors end as `prog: error: <what, which file>` with exit status 2, and
+outputs are never silently overwritten.
 
-Tracebacks are for bugs: a missing file, bad input or a missing optional dependency is reported in one line.
+Tracebacks are for bugs: a missing file, bad input, a full or read-only disk or a missing optional dependency is
+reported in one line, naming the file. `prog` is the name the tool was run by (`keras-insightface-export` for the
+console script, else the flat script's name).
 
 Usage (a tool's main):
     def main(argv=None):
         args = parse_arguments(argv)
         return cli.run("export.py", convert, args.model_file)
 """
+import errno
 import importlib
+import os
 import sys
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ImportError)
+USER_ERRORS = (OSError, ValueError, ImportError)  # FileNotFoundError, IsADirectoryError, ... are OSErrors
+CONSOLE_SCRIPT_PREFIX = "keras-insightface-"
+OS_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "is a directory, a file was expected",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+}
+
+
+def prog_name(script):
+    """The name the tool was run by: the console script (`keras-insightface-...`) when that is it, else `script`."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith(CONSOLE_SCRIPT_PREFIX) else script
+
+
+def describe_error(error):
+    """One line for a user error: an OSError as `<file>: <reason>`, anything else as its message."""
+    if isinstance(error, OSError) and error.errno in OS_REASONS and not _has_own_message(error):
+        names = " -> ".join(name for name in (error.filename, error.filename2) if name)
+        return "{}: {}".format(names, OS_REASONS[error.errno]) if names else OS_REASONS[error.errno]
+    return " ".join(str(error).split("\n"))
+
+
+def _has_own_message(error):
+    """True for an OSError raised by the project with its own message (no errno strerror pair)."""
+    return error.strerror is None
 
 
 def run(prog, function, *args, **kwargs):
@@ -18,9 +53,23 @@ def run(prog, function, *args, **kwargs):
     try:
         function(*args, **kwargs)
     except USER_ERRORS as error:
-        print("{}: error: {}".format(prog, error), file=sys.stderr)
+        print("{}: error: {}".format(prog_name(prog), describe_error(error)), file=sys.stderr)
         return 2
     return 0
+
+
+def check_output_file(path, overwrite=False, what="output file"):
+    """Refuse to write `path` when it is a directory, or an existing file and `overwrite` is False (FileExistsError
+    naming it and `--overwrite`); its folder must exist or be creatable.  Usage: cli.check_output_file(args.output, args.overwrite)
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError("{} {}: is a directory; give a file name".format(what, path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError("{} {}: already exists; it is kept (pass --overwrite to replace it)".format(what, path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError("{} {}: {} is not a directory".format(what, path, folder))
+    return path
 
 
 def require(module, extra, what):
