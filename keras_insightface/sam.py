@@ -23,7 +23,8 @@ class SAMModel(keras.Model):
     gradients. Metrics are those of the first forward pass. Both forward passes run in training mode (BatchNorm
     statistics and stateful losses update twice per step, as the original). `rho=0` is Keras' own step.
 
-    After each step every `models.NormDenseVPL` layer gets the batch's labels (`update_queue`): of the first target,
+    After each step every layer with an `update_queue` (`models.NormDenseVPL`; models.py imports this module, so
+    it is found by that method, not by its class) gets the batch's labels: of the first target,
     integer labels or the class of largest weight of label rows (the original's `argmax`).
     TensorFlow backend (it follows Keras' TensorFlow `train_step`, loss scaling of mixed float16 included).
     Usage: model = SAMModel(inputs, outputs, rho=0.05)
@@ -76,9 +77,7 @@ class SAMModel(keras.Model):
         return [tf.where(finite, grad * tf.cast(scale, grad.dtype), tf.zeros_like(grad)) for grad in gradients]
 
     def _update_prototype_queues(self, y):
-        from .models import NormDenseVPL
-
-        heads = [layer for layer in self.layers if isinstance(layer, NormDenseVPL)]
+        heads = [layer for layer in self.layers if callable(getattr(layer, "update_queue", None))]  # models.NormDenseVPL
         if heads:
             labels = losses.hard_labels(tf.nest.flatten(y)[0])
             # Keras runs one more step function at the end of a dataset of unknown length, whose input fails: ops
