@@ -12,9 +12,11 @@ Inputs:
               described by the sidecar `<file>.tfrecord.json` (num_classes, total_images, emb_shape, dtype)
     shards    `prepare_data.py --tfrecord` output: `train-00000-of-000NN.tfrecord` ... of (image bytes, label)
               examples, described by `tfrecord_shards.json`; give the folder or that file
+
+The augmentation steps and mixup live in `augment.py`, the TFRecord reading in `tfrecords.py`; their names are
+reachable here too (`data.make_augment`, `data.mixup`, `data.SHARDS_DESCRIPTION`, ...).
 """
 import hashlib
-import json
 import os
 import sys
 import warnings
@@ -24,16 +26,18 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from . import face_io
+from .augment import (  # noqa: F401  (data.<name> as before augment.py held them: the same objects)
+    AUGMENT_LEVELS, DEFAULT_RANDOM_CROP, LUMA_WEIGHTS, MIXUP_NO_MIX_ABOVE, RANDAUGMENT_LEVEL, RANDOM_CROP_LEVEL, _random_crop_resize,
+    augmentation_steps, check_mixup_alpha, cutout_lower_part, make_augment, mixup, mixup_weights_and_partners,
+)
 from .io_utils import atomic_path
+from .tfrecords import (  # noqa: F401  (data.<name> as before tfrecords.py held them: the same objects)
+    DEFAULT_SHARD_SHUFFLE_BUFFER, SHARD_CYCLE_LENGTH, SHARD_FEATURES, SHARDS_DESCRIPTION, SHARDS_FORMAT, TFRECORD_DTYPES, _parse_shard_record,
+    _read_sidecar, _shard_records, _tfrecord_source, _worker_shard_files, read_shard_description, shard_description_path, shard_file_name,
+)
 
 CACHE_SUFFIX = "_shuffle.npz"
 SIGNATURE_VERSION = "folder-scan-v1"
-TFRECORD_DTYPES = {"float16": tf.float16, "float32": tf.float32}
-SHARDS_DESCRIPTION = "tfrecord_shards.json"
-SHARDS_FORMAT = "keras_insightface-image-shards-v1"
-SHARD_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-DEFAULT_SHARD_SHUFFLE_BUFFER = 20000
-SHARD_CYCLE_LENGTH = 16  # shards read at once, interleaved record by record
 _CACHE_WARNED = set()
 
 
@@ -203,156 +207,6 @@ def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None)
     return image_names, image_classes, embeddings, num_classes
 
 
-# ---------------------------------------------------------------- augmentation of float32 batches in the 0..255 range
-# Each step takes the images [B, H, W, 3], one uniform [0, 1) number per image `u` [B, 1, 1, 1] drawn for it, and
-# random_status. The steps are whole-batch ops that XLA fuses into a few passes over the batch.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in tf.image.rgb_to_grayscale
-
-
-def _spread(u, half_width):
-    """Map u in [0, 1) onto [1 - half_width, 1 + half_width)."""
-    return 1.0 - half_width + 2.0 * half_width * u
-
-
-def _random_flip(images, u, random_status):
-    """Mirror left-right with probability 0.5."""
-    return tf.where(u < 0.5, tf.reverse(images, axis=[-2]), images)
-
-
-def _random_brightness(images, u, random_status):
-    """Add one delta in [-12.75 * random_status, 12.75 * random_status) to every pixel of an image."""
-    return images + 12.75 * random_status * (2.0 * u - 1.0)
-
-
-def _random_contrast(images, u, random_status):
-    """Scale the distance to each channel's mean by a factor in 1 -/+ 0.1 * random_status.
-
-    The mean is taken over every fourth row and column (1/16 of the pixels, 784 of a 112x112 face): as good an
-    estimate for a face crop, and the reduction over all pixels would cost as much as the rest of the augmentation.
-    """
-    mean = tf.reduce_mean(images[..., ::4, ::4, :], axis=[-3, -2], keepdims=True)
-    return (images - mean) * _spread(u, 0.1 * random_status) + mean
-
-
-def _random_saturation(images, u, random_status):
-    """Blend with the grayscale image by a factor in 1 -/+ 0.1 * random_status (0 is gray, 1 the input)."""
-    gray = images[..., :1] * LUMA_WEIGHTS[0] + images[..., 1:2] * LUMA_WEIGHTS[1] + images[..., 2:] * LUMA_WEIGHTS[2]
-    return (images - gray) * _spread(u, 0.1 * random_status) + gray
-
-
-# (lowest random_status, step) for the classic levels; random_status >= RANDAUGMENT_LEVEL uses flip + RandAugment.
-AUGMENT_LEVELS = (
-    (0, _random_flip),
-    (1, _random_brightness),
-    (2, _random_contrast),
-    (2, _random_saturation),
-)
-RANDOM_CROP_LEVEL = 3
-DEFAULT_RANDOM_CROP = (100, 100, 3)  # the original Keras_insightface's default: a 100x100 window of a 112x112 face
-RANDAUGMENT_LEVEL = 100
-
-
-def _rand_augment_step(random_status, seed):
-    """keras.layers.RandAugment with magnitude 5 * random_status / 100 on the 0..10 scale (factor = magnitude / 10)."""
-    import keras
-
-    magnitude = 5 * random_status / 100
-    layer = keras.layers.RandAugment(value_range=(0, 255), factor=min(magnitude / 10, 1.0), seed=seed)
-    return lambda images, u, level: layer(images, training=True)
-
-
-def augmentation_steps(random_status, seed=None):
-    """The augmentation functions `fn(images, u, random_status)` applied at a random_status, in order."""
-    if random_status >= RANDAUGMENT_LEVEL:
-        return [_random_flip, _rand_augment_step(random_status, seed)]
-    return [step for level, step in AUGMENT_LEVELS if random_status >= level]
-
-
-def _random_crop_resize(images, seed, random_crop):
-    """Crop a random `random_crop` (h, w[, c]) window from each image and resize it back to the full size."""
-    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-    crop_h, crop_w = int(random_crop[0]), int(random_crop[1])
-    if crop_h > height or crop_w > width:
-        raise ValueError(
-            "random_crop={} is larger than the image shape ({}, {}); pass a smaller random_crop, or None".format(random_crop, height, width)
-        )
-    offsets = tf.floor(tf.random.stateless_uniform([batch, 2], seed) * [height - crop_h + 1, width - crop_w + 1])
-    top, left = offsets[:, 0], offsets[:, 1]
-    boxes = tf.stack([top / (height - 1), left / (width - 1), (top + crop_h - 1) / (height - 1), (left + crop_w - 1) / (width - 1)], axis=1)
-    return tf.image.crop_and_resize(images, boxes, tf.range(batch), [height, width])
-
-
-def cutout_lower_part(images, seed_pair, probability, fill=128.0):
-    """With `probability` per image, fill the rows below a random height in [0.55 H, 0.7 W) with `fill`: the
-    original's `random_cutout_mask_area`, a stand-in for a face mask.  Usage: cutout_lower_part(images, seed, 0.3)"""
-    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-    low, high = int(height * 0.55), int(width * 0.7)
-    draws = tf.random.stateless_uniform([batch, 2], seed_pair)
-    kept_rows = low + tf.cast(tf.floor(draws[:, 1] * (high - low)), tf.int32)
-    kept_rows = tf.where(draws[:, 0] < probability, kept_rows, height)
-    rows = tf.range(height)[None, :, None, None]
-    return tf.where(rows < kept_rows[:, None, None, None], images, tf.cast(fill, images.dtype))
-
-
-def make_augment(random_status=0, seed=None, random_cutout_mask_area=0.0):
-    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair)` for a random_status, clipping to [0, 255];
-    `random_cutout_mask_area` > 0 then fills the lower part of that share of the images (`cutout_lower_part`).
-
-    Usage: augment = make_augment(2); images = augment(tf.cast(uint8_batch, "float32"), tf.constant([1, 2]))
-    """
-    steps = augmentation_steps(random_status, seed)
-
-    def augment(images, seed_pair):
-        draws = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, len(steps)], seed_pair)
-        for index, step in enumerate(steps):
-            images = step(images, draws[..., index : index + 1], random_status)
-        if random_cutout_mask_area > 0:
-            images = cutout_lower_part(images, tf.random.experimental.stateless_fold_in(seed_pair, 7), random_cutout_mask_area)
-        return tf.clip_by_value(images, 0.0, 255.0)
-
-    return augment
-
-
-# ---------------------------------------------------------------- mixup
-MIXUP_NO_MIX_ABOVE = 0.9  # the original counts a drawn weight above 0.9 as no mixup (weight 1)
-
-
-def mixup_weights_and_partners(batch_size, alpha, seed_pair):
-    """The original's mixup draws for a batch: per sample a weight `w ~ Beta(alpha, alpha)` folded to
-    `max(w, 1 - w)`, 1 where above 0.9, and its partner, a random permutation of the batch.
-
-    Usage: weights, partners = mixup_weights_and_partners(512, 0.4, tf.constant([1, 2]))
-    """
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
-    gamma_1 = tf.random.stateless_gamma([batch_size], seeds[0], alpha=alpha)
-    gamma_2 = tf.random.stateless_gamma([batch_size], seeds[1], alpha=alpha)
-    weights = gamma_1 / (gamma_1 + gamma_2)
-    weights = tf.maximum(weights, 1.0 - weights)
-    weights = tf.where(weights > MIXUP_NO_MIX_ABOVE, tf.ones_like(weights), weights)
-    return weights, tf.random.experimental.stateless_shuffle(tf.range(batch_size), seeds[2])
-
-
-def mixup(images, label_rows, alpha, seed_pair):
-    """Mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018) within a batch, as the original:
-    `x_i * w_i + x_p(i) * (1 - w_i)` and the same for the label rows, with `mixup_weights_and_partners`.
-
-    Usage: images, soft_labels = mixup(images, tf.one_hot(labels, num_classes), 0.4, seed_pair)
-    """
-    weights, partners = mixup_weights_and_partners(tf.shape(images)[0], alpha, seed_pair)
-    image_weights = tf.cast(weights[:, None, None, None], images.dtype)
-    label_weights = tf.cast(weights[:, None], label_rows.dtype)
-    images = images * image_weights + tf.gather(images, partners) * (1.0 - image_weights)
-    label_rows = label_rows * label_weights + tf.gather(label_rows, partners) * (1.0 - label_weights)
-    return images, label_rows
-
-
-def check_mixup_alpha(mixup_alpha):
-    """`mixup_alpha` in [0, 1] (0: off), as the original enables it for (0, 1].  Usage: check_mixup_alpha(0.4)"""
-    if not isinstance(mixup_alpha, (int, float)) or not 0 <= mixup_alpha <= 1:
-        raise ValueError("mixup_alpha is the Beta(alpha, alpha) concentration in (0, 1], or 0 for no mixup; got {!r}".format(mixup_alpha))
-    return float(mixup_alpha)
-
-
 # ---------------------------------------------------------------- online distillation
 def with_teacher_embeddings(ds, teacher, norm=face_io.KERAS_NORM):
     """Batches `(images, labels[, embeddings])` -> `(images, (labels, teacher embeddings))`: the original's
@@ -472,130 +326,6 @@ def _epoch_groups(order, starts, counts, image_per_class, seed_ds):
     return seed_ds.take(1).flat_map(lambda seed: tf.data.Dataset.from_tensor_slices(groups(seed)))
 
 
-def _read_sidecar(data_path):
-    sidecar = data_path + ".json"
-    if not os.path.isfile(sidecar):
-        raise FileNotFoundError(
-            "{}: the tfrecord description is missing; expected {} with num_classes, total_images, emb_shape, dtype".format(data_path, sidecar)
-        )
-    with open(sidecar) as ff:
-        info = json.load(ff)
-    missing = [key for key in ("num_classes", "total_images", "emb_shape", "dtype") if key not in info]
-    if missing or info["dtype"] not in TFRECORD_DTYPES:
-        raise ValueError("{}: expected keys num_classes, total_images, emb_shape and dtype float16|float32, got {}".format(sidecar, info))
-    return info
-
-
-def _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed):
-    """Enumerated records of a distiller tfrecord and the parser `record -> (path, label, embedding)`."""
-    features = {
-        "image_names": tf.io.FixedLenFeature([], tf.string),
-        "image_classes": tf.io.FixedLenFeature([], tf.int64),
-        "embeddings": tf.io.FixedLenFeature([], tf.string),
-    }
-    emb_shape, emb_dtype = int(info["emb_shape"]), TFRECORD_DTYPES[info["dtype"]]
-
-    def parse(record):
-        example = tf.io.parse_single_example(record, features)
-        embedding = tf.reshape(tf.io.decode_raw(example["embeddings"], emb_dtype, little_endian=True), [emb_shape])
-        return example["image_names"], example["image_classes"], tf.cast(embedding, tf.float32)
-
-    ds = tf.data.TFRecordDataset(data_path)
-    if is_train:
-        buffer_size = shuffle_buffer_size or min(int(info["total_images"]), 100000)
-        ds = ds.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-    return ds.enumerate(), parse
-
-
-def shard_file_name(index, num_shards):
-    """`train-00003-of-00012.tfrecord` for shard 3 of 12.  Usage: shard_file_name(0, 1)"""
-    return "train-{:05d}-of-{:05d}.tfrecord".format(index, num_shards)
-
-
-def shard_description_path(data_path):
-    """The description file of a TFRecord shard set given as its folder or as the file itself, else None.
-
-    A folder holding `train-*-of-*.tfrecord` shards without the description is an interrupted conversion: an error.
-    Usage: shard_description_path("/datasets/faces_emore_112x112_tfrecord")
-    """
-    if os.path.basename(data_path) == SHARDS_DESCRIPTION:
-        return data_path
-    if not os.path.isdir(data_path):
-        return None
-    description = os.path.join(data_path, SHARDS_DESCRIPTION)
-    if os.path.isfile(description):
-        return description
-    with os.scandir(data_path) as entries:
-        if any(entry.name.startswith("train-") and entry.name.endswith(".tfrecord") for entry in entries):
-            raise FileNotFoundError("{}: TFRecord shards without their description {}: the conversion did not finish; "
-                                    "run prepare_data.py --tfrecord again".format(data_path, SHARDS_DESCRIPTION))
-    return None
-
-
-def read_shard_description(description_path):
-    """The checked description of a shard set and the shard paths: every shard listed is there with the size recorded.
-
-    Usage: info, paths = read_shard_description("/datasets/faces_emore_112x112_tfrecord/tfrecord_shards.json")
-    """
-    if not os.path.isfile(description_path):
-        raise FileNotFoundError("{}: the TFRecord shard description is missing; write the shards with prepare_data.py --tfrecord".format(description_path))
-    with open(description_path) as ff:
-        info = json.load(ff)
-    missing = [key for key in ("format", "num_classes", "total_images", "shards") if key not in info]
-    if missing or info["format"] != SHARDS_FORMAT:
-        raise ValueError("{}: not a {} description (missing {})".format(description_path, SHARDS_FORMAT, missing or "the format"))
-    folder, paths = os.path.dirname(os.path.abspath(description_path)), []
-    for shard in info["shards"]:
-        path = os.path.join(folder, shard["file"])
-        size = os.path.getsize(path) if os.path.isfile(path) else None
-        if size != shard["bytes"]:
-            raise ValueError("{}: {} where the description {} records {} bytes: the shard is missing, truncated or changed; "
-                             "run prepare_data.py --tfrecord again".format(path, "absent" if size is None else "{} bytes".format(size),
-                                                                          description_path, shard["bytes"]))
-        paths.append(path)
-    if sum(shard["images"] for shard in info["shards"]) != info["total_images"]:
-        raise ValueError("{}: the shards hold {} images, total_images says {}".format(
-            description_path, sum(shard["images"] for shard in info["shards"]), info["total_images"]))
-    return info, paths
-
-
-def _parse_shard_record(record):
-    """A serialized shard example -> (encoded image bytes, int64 label)."""
-    example = tf.io.parse_single_example(record, SHARD_FEATURES)
-    return example["image"], example["label"]
-
-
-def _block_shuffle(records, block_size, seed):
-    """`records` permuted within consecutive blocks of `block_size`, each block by its own stateless seed drawn from
-    the seed pair `seed`: a reproducible stand-in for a shuffle buffer that TensorFlow's global seed does not touch
-    (`Dataset.shuffle` with a tensor seed fails once `keras.utils.set_random_seed(0)` has run)."""
-
-    def shuffle_block(index, block):
-        block_seed = tf.random.experimental.stateless_fold_in(seed, index)
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block)[0]), block_seed)
-        return tf.data.Dataset.from_tensor_slices(tf.gather(block, order))
-
-    return records.batch(block_size).prefetch(1).enumerate().flat_map(shuffle_block)  # the next block reads meanwhile
-
-
-def _shard_records(paths, shuffled, shuffle_buffer_size, seed_ds):
-    """The records of a shard set: in file order, or per epoch (seed pairs from `seed_ds`) in a shuffled shard
-    order, interleaved record by record from SHARD_CYCLE_LENGTH shards, shuffled in blocks of `shuffle_buffer_size`."""
-    files = tf.constant(paths)
-    if not shuffled:
-        return tf.data.TFRecordDataset(files)
-
-    def epoch(seed):
-        seeds = tf.random.experimental.stateless_split(seed, num=2)
-        order = tf.gather(files, tf.random.experimental.stateless_shuffle(tf.range(len(paths)), seeds[0]))
-        records = tf.data.Dataset.from_tensor_slices(order).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(len(paths), SHARD_CYCLE_LENGTH), block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _block_shuffle(records, shuffle_buffer_size, seeds[1])
-
-    return seed_ds.take(1).flat_map(epoch)
-
-
 def _table_lookup(tables):
     """The fetcher `indices -> (path(s), label(s)[, embedding(s)])` over in-memory tables."""
     tables = [tf.constant(table) for table in tables if table is not None]
@@ -699,19 +429,6 @@ def _positions_of_worker(ds, positions_per_batch, index, count):
     """Keep the (position, item) elements of worker `index`: its contiguous slice of every global batch."""
     share = positions_per_batch // count
     return ds.filter(lambda position, item: (position % positions_per_batch) // share == index)
-
-
-def _worker_shard_files(info, paths, index, count, batch_size, description_path):
-    """The shard files of worker `index` (shard i goes to worker i % count) and the images of the smallest share,
-    so every worker runs as many steps."""
-    if len(paths) < count:
-        raise ValueError("{}: {} TFRecord shards cannot be split over {} workers; write at least one shard per worker "
-                         "(prepare_data.py --tfrecord with a smaller --shard_images)".format(description_path, len(paths), count))
-    shares = [sum(shard["images"] for shard in info["shards"][worker::count]) for worker in range(count)]
-    if min(shares) * count < batch_size:
-        raise ValueError("{}: the smallest worker share holds {} images, fewer than one batch of {} per worker".format(
-            description_path, min(shares), batch_size // count))
-    return paths[index::count], min(shares) * count
 
 
 def prepare_dataset_and_classes(

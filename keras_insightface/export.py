@@ -37,16 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cli, face_io, io_utils, surgery
+from .parity import (  # noqa: F401  (export.<name> as before parity.py held them: the same objects)
+    PARITY_BATCH, PARITY_THRESHOLDS, ParityError, cosine_similarities, keras_embeddings, synthetic_images,
+)
 
 FORMATS = ("tflite", "onnx")
 MODEL_EXTENSIONS = (".h5", ".keras")
-PARITY_THRESHOLDS = {"float32": 0.9999, "float16": 0.999, "onnx": 0.9999}  # min cosine; others only report
 DEFAULT_ONNX_OPSET = 13  # runs on every onnxruntime release of the last years, CPU provider included
-PARITY_BATCH = 32
-
-
-class ParityError(ValueError):
-    """The exported model's embeddings differ from the Keras model's more than allowed; nothing was written."""
 
 
 # ---------------------------------------------------------------- loading the basic model
@@ -147,11 +144,6 @@ def load_images(source, count=None, image_size=(112, 112)):
     return np.asarray(_evenly_spaced(list(images), count), dtype=np.uint8)
 
 
-def synthetic_images(count, image_size=(112, 112), seed=0):
-    """Random-noise uint8 images, the parity fallback when no real faces are given.  Usage: synthetic_images(16)"""
-    return np.random.default_rng(seed).integers(0, 256, size=(count, *image_size, 3), dtype=np.uint8)
-
-
 def _source_name(source):
     return "the given array" if isinstance(source, np.ndarray) else os.path.basename(os.path.normpath(os.fspath(source)))
 
@@ -176,14 +168,6 @@ def _verification_inputs(representative_data, bin_file, count, image_size, repre
 
 
 # ---------------------------------------------------------------- running the models
-def keras_embeddings(model, images):
-    """float32 embeddings of uint8 images by the Keras model (face_io's function, no flip, not L2-normalized).
-
-    Usage: keras_embeddings(basic_model, images)
-    """
-    return face_io.embed_images(model, np.asarray(images, dtype=np.uint8), PARITY_BATCH, flip=False, normalized=False).astype("float32")
-
-
 def make_tflite_interpreter(model_path_or_content, num_threads=None, use_xnnpack=True):
     """A TFLite interpreter (ai_edge_litert when installed, else tf.lite); `use_xnnpack=False` drops the default delegate.
 
@@ -262,14 +246,6 @@ def _tflite_runner(path, norm=face_io.KERAS_NORM):
 
 
 # ---------------------------------------------------------------- parity
-def cosine_similarities(embeddings_a, embeddings_b, epsilon=1e-300):
-    """Row-wise cosine similarity, in float64 so that tiny embeddings still compare.  Usage: cosine_similarities(a, b)"""
-    aa, bb = np.asarray(embeddings_a, "float64"), np.asarray(embeddings_b, "float64")
-    aa = aa / np.maximum(np.linalg.norm(aa, axis=1, keepdims=True), epsilon)
-    bb = bb / np.maximum(np.linalg.norm(bb, axis=1, keepdims=True), epsilon)
-    return np.sum(aa * bb, axis=1)
-
-
 def _check_parity(model, run_exported, images, description, label, threshold):
     """Print the min / mean cosine of Keras vs exported embeddings; raise ParityError below `threshold`."""
     cosines = cosine_similarities(keras_embeddings(model, images), run_exported(images))

@@ -62,10 +62,10 @@ def buildin_models(
         basic_model = buildin_models("r34", dropout=0.4, emb_shape=512, output_layer="E", bn_momentum=0.9, bn_epsilon=2e-5)
         basic_model = buildin_models("r100", dropout=0, emb_shape=512, output_layer="E", use_bias=True, weights="backbone.pth")
     """
-    from . import convert_insightface
+    from .insightface_weights import is_insightface_weights, load_insightface_weights
 
     insightface_weights = None
-    if convert_insightface.is_insightface_weights(weights):
+    if is_insightface_weights(weights):
         insightface_weights, weights = weights, None
         if isinstance(stem_model, str) and stem_model.lower() in resnet.STAGE_DEPTHS:  # arcface_torch's IResNets are PReLU ones
             kwargs.setdefault("activation", "prelu")
@@ -86,7 +86,7 @@ def buildin_models(
     basic_model = replace_ReLU_with_PReLU(basic_model) if use_prelu else basic_model
     if insightface_weights is not None:
         stem_name = stem_model if isinstance(stem_model, str) else None
-        basic_model = convert_insightface.load_insightface_weights(basic_model, insightface_weights, stem_name)
+        basic_model = load_insightface_weights(basic_model, insightface_weights, stem_name)
     return basic_model
 
 
