@@ -8,6 +8,6 @@ Usage:
     from keras_insightface import train, losses, models
     basic_model = keras.models.load_model("checkpoints/model_basic_lfw_epoch_3_0.990000.h5")
 """
-from keras_insightface import losses, models, optimizers, partial_fc  # noqa: F401  (registration of custom objects)
+from keras_insightface import heads, losses, models, optimizers  # noqa: F401  (registration of custom objects)
 
 __version__ = "0.2.0"
