@@ -179,3 +179,11 @@ def dataset(workdir):
 
     return make_image_folder(workdir / "faces")
 
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    """Factory of image folders in the test's tmp folder.
+    Usage: image_folder("faces", num_classes=10, images_per_class=2)  # make_image_folder's options; returns the path"""
+    from tests.helpers import make_image_folder
+
+    return lambda name="faces", **options: make_image_folder(tmp_path / name, **options)
