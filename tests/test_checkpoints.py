@@ -86,20 +86,21 @@ def kill_points(total):
     return [1, per_epoch, *range(total - per_epoch + 1, total + 1)]
 
 
-def test_kill_after_each_atomic_write_of_an_epoch_then_resume_equals_an_uninterrupted_run(dataset, monkeypatch, workdir):
-    calls = count_file_commits(monkeypatch)
-    reference = final_weights(run_from_scratch(dataset))
+def test_kill_after_each_atomic_write_of_an_epoch_then_resume_equals_an_uninterrupted_run(dataset, workdir):
+    # Own MonkeyPatch contexts: undoing the fixture's monkeypatch would also undo workdir's chdir into tmp_path.
+    with pytest.MonkeyPatch.context() as patch:
+        calls = count_file_commits(patch)
+        reference = final_weights(run_from_scratch(dataset))
     total = calls["count"]
     assert total >= 2 * 6  # each epoch: optimizer, centers, the commit rename and the published links
     assert len([name for name in os.listdir("checkpoints") if name.startswith("run_basic_lfw_epoch_")]) == 1
-    monkeypatch.undo()
 
     for kill_at in kill_points(total):
         shutil.rmtree("checkpoints", ignore_errors=True)
-        count_file_commits(monkeypatch, kill_at=kill_at)
-        with pytest.raises(SimulatedKill):
-            run_from_scratch(dataset)
-        monkeypatch.undo()
+        with pytest.MonkeyPatch.context() as patch:
+            count_file_commits(patch, kill_at=kill_at)
+            with pytest.raises(SimulatedKill):
+                run_from_scratch(dataset)
         assert_best_basic_not_newer_than_history(kill_at)
         resumed = final_weights(resume_the_seed_way(dataset))
         np.testing.assert_allclose(resumed, reference, rtol=1e-5, atol=1e-6, err_msg="killed after atomic write {}".format(kill_at))

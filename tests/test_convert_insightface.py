@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx")
 keras = pytest.importorskip("keras")
 
 from tests import insightface_torch_nets as nets  # noqa: E402
+from tests.helpers import noise_face  # noqa: E402
 from keras_insightface import convert_insightface, export, face_io, model_interf, models, surgery, train  # noqa: E402
 from keras_insightface.convert_insightface import UnsupportedOpError, WeightsMismatchError  # noqa: E402
 
@@ -247,22 +248,11 @@ def test_cli_shim_and_console_script_name(capsys):
 
 
 # ---------------------------------------------------------------- the tools use the stored normalization
-def make_faces_folder(root, num_classes=2, per_class=4):
-    rng = np.random.default_rng(0)
-    import cv2
-
-    for class_id in range(num_classes):
-        os.makedirs(os.path.join(root, str(class_id)))
-        for index in range(per_class):
-            image = np.clip(rng.normal(60 + 120 * class_id, 20, (112, 112, 3)), 0, 255).astype(np.uint8)
-            cv2.imwrite(os.path.join(root, str(class_id), "{}.jpg".format(index)), image)
-    return str(root)
-
-
-def test_fine_tuning_a_converted_model_through_train(r18, tmp_path, monkeypatch):
+def test_fine_tuning_a_converted_model_through_train(r18, tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
     converted = models.buildin_models("r18", weights=r18.pth, **E_HEAD)
-    tt = train.Train(make_faces_folder(tmp_path / "faces"), "r18_finetune.h5", basic_model=converted, batch_size=4, lr_base=1e-4, random_status=0)
+    faces = image_folder(num_classes=2, images_per_class=4, image=noise_face)
+    tt = train.Train(faces, "r18_finetune.h5", basic_model=converted, batch_size=4, lr_base=1e-4, random_status=0)
     batch = next(iter(tt.train_ds))[0]  # the data pipeline feeds the model's own normalization
     assert float(np.max(batch)) <= 1.0 + 1e-6 and float(np.min(batch)) >= -1.0 - 1e-6
     from keras_insightface import losses

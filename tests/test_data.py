@@ -14,32 +14,9 @@ import pytest
 import tensorflow as tf
 
 from keras_insightface import data, face_io
+from tests.helpers import GRAY_SIZE, make_gray_folder, write_gray, write_image
 
-SIZE = (16, 16)
-
-
-def gray_value(image_id):
-    return 10 * image_id + 5
-
-
-def write_image(path, pixels_rgb):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    assert cv2.imwrite(str(path), np.ascontiguousarray(pixels_rgb[..., ::-1]))
-
-
-def write_gray(path, value, size=SIZE):
-    write_image(path, np.full(size + (3,), value, dtype=np.uint8))
-
-
-def make_gray_folder(root, images_per_class, ext=".png"):
-    """`root/<class>/<n>.png` with flat gray images; the image id is the running count. Returns {id: class name}."""
-    ids, image_id = {}, 0
-    for class_name, count in images_per_class.items():
-        for ii in range(count):
-            write_gray(os.path.join(root, class_name, "{}{}".format(ii, ext)), gray_value(image_id))
-            ids[image_id] = class_name
-            image_id += 1
-    return ids
+SIZE = GRAY_SIZE  # the gray images, read back at their own size
 
 
 def pixel_of(images):

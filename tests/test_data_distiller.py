@@ -11,22 +11,22 @@ import pytest
 
 from keras_insightface import data
 from keras_insightface import data_distiller
+from tests.helpers import noise_face
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_EMB = 4
 
 
+def striped_noise_face(class_id, index, rng, shape):
+    """Noise around 60 + 60 c with the left 40 columns of channel c at 250."""
+    image = noise_face(class_id, index, rng, shape, mean_step=60, sd=30)
+    image[:, :40, class_id] = 250
+    return image
+
+
 @pytest.fixture()
-def faces(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "faces"
-    for class_id in range(3):
-        os.makedirs(root / str(class_id))
-        for image_id in range(6):
-            image = np.clip(rng.normal(60 + 60 * class_id, 30, (112, 112, 3)), 0, 255).astype(np.uint8)
-            image[:, :40, class_id] = 250
-            cv2.imwrite(str(root / str(class_id) / "{}.png".format(image_id)), image)  # lossless: exact pixels
-    return str(root)
+def faces(image_folder):
+    return image_folder(num_classes=3, images_per_class=6, image=striped_noise_face, ext=".png")  # lossless: exact pixels
 
 
 def read_rgb(path):

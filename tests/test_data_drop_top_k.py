@@ -3,22 +3,20 @@ import os
 import subprocess
 import sys
 
-import cv2
 import keras
 import numpy as np
 import pytest
 
 from keras_insightface import data_drop_top_k
 from keras_insightface import models
+from tests.helpers import write_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RED, BLUE = (255, 0, 0), (0, 0, 255)  # RGB
 
 
-def write_image(path, rgb, rng):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image = np.clip(np.array(rgb, np.float32)[None, None] + rng.normal(0, 5, (112, 112, 3)), 0, 255).astype(np.uint8)
-    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+def noisy(rgb, rng):
+    return np.clip(np.array(rgb, np.float32)[None, None] + rng.normal(0, 5, (112, 112, 3)), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture()
@@ -27,9 +25,9 @@ def noisy_dataset(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "faces"
     for index in range(4):
-        write_image(str(root / "0" / "red_{}.jpg".format(index)), RED, rng)
-        write_image(str(root / "1" / "blue_{}.jpg".format(index)), BLUE, rng)
-    write_image(str(root / "1" / "mislabelled_red.jpg"), RED, rng)
+        write_image(root / "0" / "red_{}.jpg".format(index), noisy(RED, rng))
+        write_image(root / "1" / "blue_{}.jpg".format(index), noisy(BLUE, rng))
+    write_image(root / "1" / "mislabelled_red.jpg", noisy(RED, rng))
     return str(root)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from keras_insightface import eval_folder, face_align
-from tests.helpers import tiny_basic_model
+from tests.helpers import tiny_basic_model, write_image
 
 RNG = np.random.default_rng(3)
 
@@ -74,10 +74,9 @@ def place_faces(faces_root, raw_root, matrix):
     for class_name in sorted(os.listdir(faces_root)):
         if not os.path.isdir(os.path.join(faces_root, class_name)):
             continue
-        os.makedirs(os.path.join(raw_root, class_name))
         for name in sorted(os.listdir(os.path.join(faces_root, class_name))):
             face = cv2.imread(os.path.join(faces_root, class_name, name))
-            cv2.imwrite(os.path.join(raw_root, class_name, name.replace(".jpg", ".png")), cv2.warpAffine(face, matrix, (260, 230)))
+            write_image(os.path.join(raw_root, class_name, name.replace(".jpg", ".png")), cv2.warpAffine(face, matrix, (260, 230)), rgb=False)
     return str(raw_root)
 
 

@@ -10,6 +10,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from keras_insightface import export  # noqa: E402
+from tests.helpers import write_image  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -136,12 +137,8 @@ def test_tflite_float_exports_match_keras(saved_models, lfw_images, tmp_path, ca
 
 
 def _write_face_folder(folder, images):
-    import cv2
-
     for index, image in enumerate(images):
-        class_dir = folder / "id_{}".format(index % 3)
-        class_dir.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(class_dir / "{}.jpg".format(index)), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        write_image(folder / "id_{}".format(index % 3) / "{}.jpg".format(index), image)
     (folder / "id_0" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
 
 

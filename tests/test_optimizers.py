@@ -152,10 +152,10 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_decay_applied_once_per_step_under_mirrored_strategy():
+def test_decay_applied_once_per_step_under_mirrored_strategy(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root)
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     kernel = [line for line in result.stdout.splitlines() if line.startswith("KERNEL")][0]
     # epoch 0: wd 0.1, epoch 1: lr halved so wd 0.05; one step per epoch, two replicas, applied once

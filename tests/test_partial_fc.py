@@ -1,14 +1,14 @@
 """Partial FC: the v2 sampling rule, r = 1 against the dense head, sampled-row optimizer updates, Train save / resume."""
+import functools
 import os
 
-import cv2
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_insightface import demo, losses, models, optimizers, partial_fc, train
-from tests.helpers import tiny_basic_model
+from tests.helpers import colour_face, tiny_basic_model
 
 EMB = 8
 
@@ -155,17 +155,7 @@ def test_sample_rate_and_partial_fc_split_arguments():
         partial_fc.sample_rate_of(partial_fc_split=-2)
 
 
-def make_folder(root, num_classes=10, images_per_class=2, size=112):
-    """Class c: a distinct colour pair, so a tiny model tells the classes apart."""
-    rng = np.random.default_rng(0)
-    for class_id in range(num_classes):
-        os.makedirs(os.path.join(root, str(class_id)), exist_ok=True)
-        for image_id in range(images_per_class):
-            image = np.full((size, size, 3), (25 * class_id) % 256, np.uint8)
-            image[:, : size // 2, class_id % 3] = 230
-            image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-            cv2.imwrite(os.path.join(root, str(class_id), "{}.jpg".format(image_id)), image)
-    return str(root)
+FACE = functools.partial(colour_face, first_value=0, value_step=25)  # class c: gray 25 c, so ten classes stay apart
 
 
 def partial_fc_schedule():
@@ -173,8 +163,8 @@ def partial_fc_schedule():
             {"loss": losses.ArcfaceLoss(scale=32.0), "epoch": 1}]
 
 
-def test_train_saves_and_resumes_like_an_uninterrupted_run(workdir):
-    data_path = make_folder(workdir / "faces")
+def test_train_saves_and_resumes_like_an_uninterrupted_run(workdir, image_folder):
+    data_path = image_folder(num_classes=10, images_per_class=2, image=FACE)
     options = {"batch_size": 2, "seed": 0, "partial_fc_sample_rate": 0.3, "random_status": -1}
     keras.utils.set_random_seed(0)
     whole = train.Train(data_path, "whole.h5", basic_model=tiny_basic_model(), **options)
@@ -208,8 +198,8 @@ def test_train_saves_and_resumes_like_an_uninterrupted_run(workdir):
     assert not any(isinstance(layer, partial_fc.NormDensePartialFC) for layer in basic.layers)
 
 
-def test_train_partial_fc_in_mixed_bfloat16_and_not_float16(workdir):
-    data_path = make_folder(workdir / "faces", num_classes=4)
+def test_train_partial_fc_in_mixed_bfloat16_and_not_float16(workdir, image_folder):
+    data_path = image_folder(num_classes=4, images_per_class=2, image=FACE)
     plan = {"loss": losses.ArcfaceLoss(scale=16.0), "epoch": 1, "optimizer": keras.optimizers.SGD(0.05, momentum=0.9)}
     tt = train.Train(data_path, "b.h5", basic_model=tiny_basic_model(), batch_size=4, partial_fc_sample_rate=0.5, mixed_precision="mixed_bfloat16")
     tt.train([plan], 0)
@@ -219,8 +209,8 @@ def test_train_partial_fc_in_mixed_bfloat16_and_not_float16(workdir):
         tt.train([dict(plan, optimizer=keras.optimizers.SGD(0.05, momentum=0.9))], 0)
 
 
-def test_train_refuses_a_softmax_plan_and_xla(workdir):
-    data_path = make_folder(workdir / "faces", num_classes=4)
+def test_train_refuses_a_softmax_plan_and_xla(workdir, image_folder):
+    data_path = image_folder(num_classes=4, images_per_class=2, image=FACE)
     tt = train.Train(data_path, "s.h5", basic_model=tiny_basic_model(), batch_size=4, partial_fc_split=2)
     assert tt.partial_fc_sample_rate == 0.5
     with pytest.raises(ValueError, match="cosine head"):

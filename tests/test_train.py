@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import cv2
 import keras
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from keras_insightface import losses
 from keras_insightface import models
 from keras_insightface import train
-from tests.helpers import EMB, NUM_CLASSES, make_image_folder, tiny_basic_model
+from tests.helpers import EMB, NUM_CLASSES, tiny_basic_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LFW_BIN = os.path.join(REPO, "tests", "data", "faces_rec", "lfw.bin")
