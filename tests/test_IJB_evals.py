@@ -165,7 +165,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
         np.testing.assert_allclose(data["embs_f"], embs_f, atol=1e-4)
         np.testing.assert_array_equal(data["templates"], templates)
 
-    csv = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC.csv"), index_col=0)
+    csv = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1.csv"), index_col=0)
     assert list(csv.columns) == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
     label = np.array([pair[2] for pair in pairs])
     # the default rule is insightface's: the ROC point nearest each FAR
@@ -175,7 +175,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     # 12 negatives: FAR 1e-1 lies between 1/12 and 2/12 false accepts; the nearest point is 1/12
     assert csv.loc["tiny_model_h5_IJBC_N0D1F1", "1e-01"] == pytest.approx(reference_tar(label, expected, 1 / 12) * 100, abs=1e-6)
 
-    one_n = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_1N.csv"), index_col=[0, 1])
+    one_n = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1_1N.csv"), index_col=[0, 1])
     for gallery, members in (("G1", GALLERIES["G1"]), ("G2", GALLERIES["G2"])):
         hits = []
         for probe, subject in GALLERIES["probe"]:
@@ -210,7 +210,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     with pytest.raises(ValueError, match="tiny_model_h5_IJBC.npz: embeddings of IJBC, but -s IJBB was asked"):
         IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-s", "IJBB", "-o", alone]))
     IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-o", alone]))  # -s from the file
-    assert os.path.exists(os.path.join(alone, "tiny_model_h5_IJBC.csv"))
+    assert os.path.exists(os.path.join(alone, "tiny_model_h5_IJBC_N0D1F1.csv"))
 
 
 def hand_made_release(root):
@@ -271,7 +271,7 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path, capsys)
         assert interpolated.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
     assert os.path.exists(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy"))
     assert ">>>> Saved scores: {}\n".format(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy") in capsys.readouterr().out
-    saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC.csv"), index_col=0)
+    saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.csv"), index_col=0)
     assert saved.loc["hand_IJBC_N0D1F0", "1e-02"] == pytest.approx(80.0)
 
     g1, g2 = table_1n.loc[("N0D1F0", "G1")], table_1n.loc[("N0D1F0", "G2")]
@@ -396,7 +396,7 @@ def test_tar_at_far_default_is_insightface_nearest_roc_point(seed):
 def small_release(tmp_path):
     root = str(tmp_path / "IJB_release")
     rows = [("{}.jpg".format(i + 1), 1 + i // 2, 10 + i, 0.9) for i in range(4)]
-    meta_dir = write_meta(root, "IJBB", rows, [(1, 2, 0), (2, 1, 0)], {"S1": [(1, 1)], "S2": [(2, 2)], "probe": [(1, 1)]})
+    meta_dir = write_meta(root, "IJBB", rows, [(1, 2, 0), (2, 2, 1)], {"S1": [(1, 1)], "S2": [(2, 2)], "probe": [(1, 1)]})
     image_dir = os.path.join(root, "IJBB", "loose_crop")
     os.makedirs(image_dir)
     for row in rows:
