@@ -18,7 +18,6 @@ The meta files are read by `ijb_meta.py`, the scoring is `ijb_metrics.py`; their
 aligned faces, result files and plots.
 """
 import argparse
-import hashlib
 import os
 import sys
 import zipfile
@@ -36,7 +35,7 @@ from .ijb_metrics import (  # noqa: F401  (IJB_evals.<name> as before ijb_metric
     image_features, image_scales, one_n_table, pair_cosine, parse_scenario, positions, roc_curve_points, roc_upper_points,
     scenario_template_features, score_pairs, tar_at_far, tar_far_table, template_features,
 )
-from .io_utils import atomic_path
+from .io_utils import atomic_path, name_of_several
 
 
 # ------------------------------------------------------------------------------------------------ alignment and embeddings
@@ -143,11 +142,7 @@ def roc_plot_path(score_files):
     Usage: roc_plot_path(["r/a_IJBB_N0D1F1.npy"]) -> "r/a_IJBB_N0D1F1_roc.png"; several: "r/a_..._vs_b_..._roc.png"
     """
     stems = [os.path.splitext(os.path.basename(path))[0] for path in score_files]
-    name = "_vs_".join(stems)
-    if len(name) > 150:  # too long for a file name: the first run, the count, and a digest of all names
-        digest = hashlib.sha1("\n".join(stems).encode("utf-8")).hexdigest()[:8]
-        name = "{}_and_{}_more_{}".format(stems[0], len(stems) - 1, digest)
-    return os.path.join(os.path.dirname(os.path.abspath(score_files[0])), name + "_roc.png")
+    return os.path.join(os.path.dirname(os.path.abspath(score_files[0])), name_of_several(stems) + "_roc.png")
 
 
 def plot_only(files, save_path=None, rule="nearest", overwrite=False):
@@ -320,8 +315,8 @@ def load_embeddings(path, meta=None):
 
 def _numeric_array(path, data, key):
     array = data[key]
-    if array.dtype.kind not in "biuf":
-        raise ValueError("{}: '{}' holds {} values; expected numbers".format(path, key, array.dtype))
+    if array.dtype.kind not in "biuf" or array.ndim == 0:
+        raise ValueError("{}: '{}' holds {} of shape {}; expected rows of numbers".format(path, key, array.dtype, array.shape))
     return array.astype("float32", copy=False)
 
 

@@ -119,24 +119,12 @@ def check_template_sums(sums, template_ids, scenario):
 
 
 def check_embeddings(embs, embs_f, source):
-    """Refuse embeddings that would give a TAR table of noise or zeros without a word: not [images, dim], NaN / inf rows,
-    all-zero rows, or every row the same (a model that ignores its input).  Usage: check_embeddings(embs, embs_f, "model.h5")
+    """Refuse embeddings (and flipped ones, when computed) that would give a TAR table of noise or zeros without a word:
+    `face_io.check_embedding_rows`.  Usage: check_embeddings(embs, embs_f, "model.h5")
     """
-    for name, array in (("embs", embs), ("flipped embs", embs_f)):
-        if np.ndim(array) != 2:
-            raise ValueError("{}: {} of shape {}; expected [images, embedding size]".format(source, name, np.shape(array)))
-        if not len(array):
-            continue
-        bad = ~np.isfinite(array).all(axis=1)
-        if bad.any():
-            raise ValueError("{}: {} of {} {} rows hold NaN or inf (first: row {})".format(source, int(bad.sum()), len(array), name, int(np.argmax(bad))))
-        zero = ~(array != 0).any(axis=1)
-        if zero.any():
-            raise ValueError("{}: {} of {} {} rows are all zero (first: row {}): degenerate embeddings".format(
-                source, int(zero.sum()), len(array), name, int(np.argmax(zero))))
-        if len(array) > 1 and (array == array[0]).all():
-            raise ValueError("{}: all {} {} rows are the same vector: degenerate embeddings (the model ignores its input?)".format(
-                source, len(array), name))
+    face_io.check_embedding_rows(embs, source, "embs")
+    if len(embs_f):
+        face_io.check_embedding_rows(embs_f, source, "flipped embs")
 
 
 def _compact(index, size):
