@@ -105,8 +105,9 @@ def load_saved_embeddings(path):
 def aligned_folder(detection, data_path, overwrite=False):
     """-D: `<data_path>_aligned_112_112`, the best face of every image aligned (face_align.detect_and_align_folder).
 
-    It is made in a hidden temporary folder renamed when complete, with a marker naming its source. An existing complete
-    one of the same number of images is reused (said); any other existing folder is kept unless `overwrite`.
+    It is made in a hidden temporary folder renamed when complete, with a marker naming its source images (names and
+    sizes). An existing complete one of the same images is reused (said); any other existing folder is kept unless
+    `overwrite`.
     Usage: aligned = aligned_folder("scrfd_10g_bnkps.onnx", "faces_raw/")
     """
     data_path = os.path.normpath(os.fspath(data_path))
@@ -122,8 +123,7 @@ def aligned_folder(detection, data_path, overwrite=False):
     work = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(dest)))
     try:
         face_align.detect_and_align_folder(detection, data_path, work)
-        marker = {"source": os.path.abspath(data_path), "images": len(data.pre_process_folder(data_path)[0])}
-        io_utils.atomic_write_text(os.path.join(work, ALIGNED_MARKER), json.dumps(marker))
+        io_utils.atomic_write_text(os.path.join(work, ALIGNED_MARKER), json.dumps(_source_images(data_path)))
         _replace_folder(work, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -131,13 +131,21 @@ def aligned_folder(detection, data_path, overwrite=False):
     return dest
 
 
+def _source_images(data_path):
+    """What an aligned folder was made from: the source folder, its image count and a digest of their names and sizes."""
+    import hashlib
+
+    image_names = data.pre_process_folder(data_path)[0]
+    listing = "\n".join("{}:{}".format(os.path.relpath(name, data_path), os.path.getsize(name)) for name in image_names)
+    return {"source": os.path.abspath(data_path), "images": len(image_names), "digest": hashlib.sha1(listing.encode("utf-8")).hexdigest()}
+
+
 def _is_complete_alignment(dest, data_path):
     try:
         with open(os.path.join(dest, ALIGNED_MARKER), encoding="utf-8") as ff:
-            marker = json.load(ff)
+            return json.load(ff) == _source_images(data_path)
     except (OSError, ValueError):
         return False
-    return marker.get("source") == os.path.abspath(data_path) and marker.get("images") == len(data.pre_process_folder(data_path)[0])
 
 
 def _replace_folder(new, dest):

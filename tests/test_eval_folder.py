@@ -219,3 +219,6 @@ def test_an_aligned_folder_is_reused_when_complete_and_otherwise_kept(dataset, t
     capsys.readouterr()
     eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector)
     assert calls == [1] * 4 and ">>>> Reusing the aligned faces of an earlier -D run" in capsys.readouterr().out
+    cv2.imwrite(os.path.join(raw, "0", "0.jpg"), np.full((120, 120, 3), 90, "uint8"))  # the source changed since
+    with pytest.raises(FileExistsError, match="is not a complete alignment"):
+        eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector)
