@@ -174,7 +174,10 @@ _EMBEDDING_META_KEYS = ("templates", "medias", "face_scores", "p1", "p2", "label
 
 
 def embeddings_content(embs, embs_f, meta, subset):
-    """-E's arrays: embeddings with the meta needed to rescore without the dataset, and their subset."""
+    """-E's arrays: embeddings with the meta needed to rescore without the dataset, and their subset.
+
+    Usage: np.savez("m_h5_IJBB.npz", **embeddings_content(embs, embs_f, meta, "IJBB"))
+    """
     return dict(embs=embs, embs_f=embs_f, img_names=meta.img_names, subset=np.array(subset),
                 **{key: getattr(meta, key) for key in _EMBEDDING_META_KEYS})
 
@@ -185,7 +188,10 @@ def save_embeddings(path, embs, embs_f, meta, subset, overwrite=False):
 
 
 def scenario_set_name(scenarios):
-    """A table's name part for the scenarios it holds: the scenario, `bunch` (all 8), `bunch_F0` (the 4 without flip)."""
+    """A table's name part for the scenarios it holds: the scenario, `bunch` (all 8), `bunch_F0` (the 4 without flip).
+
+    Usage: scenario_set_name(("N0D1F1",)) -> "N0D1F1"; scenario_set_name(ALL_SCENARIOS) -> "bunch"
+    """
     if len(scenarios) == 1:
         return scenarios[0]
     if set(scenarios) == set(ALL_SCENARIOS):
@@ -196,7 +202,10 @@ def scenario_set_name(scenarios):
 
 
 def result_paths(save_dir, base, scenarios, args):
-    """Every file a run writes, named by model and format, subset (`base`), scenario set and TAR rule; None: not asked."""
+    """Every file a run writes, named by model and format, subset (`base`), scenario set and TAR rule; None: not asked.
+
+    Usage: paths = result_paths("IJB_result", "m_h5_IJBB", ("N0D1F1",), args); paths["table"] -> "IJB_result/m_h5_IJBB_N0D1F1.csv"
+    """
     table = "{}_{}{}".format(base, scenario_set_name(scenarios), "_interpolated" if args.tar_rule == "interpolate" else "")
     return {
         "embeddings": os.path.join(save_dir, base + ".npz") if args.save_embeddings else None,
@@ -215,7 +224,9 @@ def _all_paths(paths):
 def check_result_paths(paths, overwrite, refuse_existing):
     """Before any work: no result path may be a folder; with `refuse_existing` (a run embedding with the model, whose
     results differ from an earlier run's) none of the model's results may exist unless `overwrite`. The labels, and
-    every result of a `-R` run, are compared with the existing file when written (`save_results`)."""
+    every result of a `-R` run, are compared with the existing file when written (`save_results`).
+    Usage: check_result_paths(result_paths(save_dir, base, scenarios, args), args.overwrite, refuse_existing=True)
+    """
     for path in _all_paths(paths):
         if os.path.isdir(path):
             raise IsADirectoryError("{}: is a directory, a result file was expected".format(path))
@@ -371,7 +382,10 @@ def resolve_subset(args):
 
 
 def result_folder(args):
-    """`-o`, else the `-R` file's folder, else IJB_result; an existing path that is not a folder is an error."""
+    """`-o`, else the `-R` file's folder, else IJB_result; an existing path that is not a folder is an error.
+
+    Usage: save_dir = result_folder(args)
+    """
     save_dir = args.save_result or (os.path.dirname(os.path.abspath(args.restore_embs)) if args.restore_embs else "IJB_result")
     if os.path.exists(save_dir) and not os.path.isdir(save_dir):
         raise NotADirectoryError("-o {}: is a file; the result folder was expected".format(save_dir))
@@ -379,7 +393,10 @@ def result_folder(args):
 
 
 def run_scenarios(args, has_flips):
-    """-B: all 8 scenarios, else N0D1F1; without flipped embeddings only their F0 variants."""
+    """-B: all 8 scenarios, else N0D1F1; without flipped embeddings only their F0 variants.
+
+    Usage: run_scenarios(args, has_flips=len(embs_f) > 0) -> ("N0D1F1",)
+    """
     scenarios = ALL_SCENARIOS if args.is_bunch else (DEFAULT_SCENARIO,)
     if not has_flips:
         scenarios = tuple(dict.fromkeys(name[:-1] + "0" for name in scenarios))
@@ -428,7 +445,10 @@ def parse_arguments(argv=None):
 
 
 def embed_with_model(args, meta):
-    """The embeddings (and flipped) of every image of the subset by `-m`, checked (`check_embeddings`)."""
+    """The embeddings (and flipped) of every image of the subset by `-m`, checked (`check_embeddings`).
+
+    Usage: embs, embs_f = embed_with_model(args, read_ijb_meta(args.data_path, args.subset))
+    """
     from .model_interf import load_model_interf
 
     interf = load_model_interf(args.model_file, mean=args.mean, std=args.std, batch_size=args.batch_size)

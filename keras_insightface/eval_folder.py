@@ -56,7 +56,10 @@ def register_scores(embs, classes):
 
 
 def check_scores(pos_dists, neg_dists, source):
-    """Refuse a folder without same-class or other-class pairs: its TPR, AUC and top-1 would mean nothing."""
+    """Refuse a folder without same-class or other-class pairs: its TPR, AUC and top-1 would mean nothing.
+
+    Usage: check_scores(pos_dists, neg_dists, "faces_test/")
+    """
     if not len(pos_dists) or not len(neg_dists):
         raise ValueError("{}: no {} pairs (a class needs 2+ images, and 2+ classes are needed); nothing to evaluate".format(
             source, "same-class" if not len(pos_dists) else "other-class"))
@@ -81,7 +84,10 @@ def folder_embeddings(model_file, data_path, batch_size=64):
 
 
 def load_saved_embeddings(path):
-    """`-S`'s (embs, classes, filenames), checked: the keys eval_folder saves, one class and name per embedding row."""
+    """`-S`'s (embs, classes, filenames), checked: the keys eval_folder saves, one class and name per embedding row.
+
+    Usage: embs, classes, names = load_saved_embeddings("faces_test_embs.npz")
+    """
     if os.path.isdir(path):
         raise IsADirectoryError("-S {}: is a directory; the embeddings .npz file was expected".format(path))
     try:

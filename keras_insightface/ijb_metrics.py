@@ -110,7 +110,10 @@ def scenario_template_features(matrix, embs, embs_f=None, face_scores=None, scen
 
 
 def check_template_sums(sums, template_ids, scenario):
-    """Refuse templates whose feature is zero (every image weighted 0): their pairs would score 0 without a word."""
+    """Refuse templates whose feature is zero (every image weighted 0): their pairs would score 0 without a word.
+
+    Usage: check_template_sums(scenario_template_sums(matrix, embs, embs_f, scores, "N0D1F1"), template_ids, "N0D1F1")
+    """
     empty = ~(np.abs(sums) > 0).any(axis=1)
     if empty.any():
         raise ValueError("scenario {}: {} of {} templates have a zero feature (first: template {}): their images' detector "

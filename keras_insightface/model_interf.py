@@ -9,6 +9,9 @@ One place knows how to run every supported model kind, chosen by the file type:
 | `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5 (a state dict: convert it with convert_insightface) |
 | `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
 
+A Keras training model (a classification head after its `embedding` layer) is cut at `embedding` (`embedding_model`),
+and a Keras file whose config names a callable outside Keras is refused unread (`load_keras_model`).
+
 Usage:
     from keras_insightface.model_interf import load_model_interf
     interf = load_model_interf("checkpoints/basic_model.h5", batch_size=128)

@@ -61,7 +61,10 @@ def load_histories(history):
 
 
 def save_figure(fig, path):
-    """Save a figure atomically (format from the extension); an earlier file is replaced only once the new one is whole."""
+    """Save a figure atomically (format from the extension); an earlier file is replaced only once the new one is whole.
+
+    Usage: save_figure(axes[0].figure, "curves.png")
+    """
     with io_utils.atomic_path(path) as tmp:
         fig.savefig(tmp)
     return path
