@@ -21,6 +21,7 @@ COMMANDS = {
     "export": "export",
     "eval_folder": "eval_folder",
     "convert_insightface": "convert_insightface",
+    "plot": "plot",
 }
 
 

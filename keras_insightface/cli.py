@@ -10,6 +10,7 @@ Usage (a tool's main):
         args = parse_arguments(argv)
         return cli.run("export.py", convert, args.model_file)
 """
+import argparse
 import errno
 import importlib
 import os
@@ -70,6 +71,17 @@ def check_output_file(path, overwrite=False, what="output file"):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError("{} {}: {} is not a directory".format(what, path, folder))
     return path
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1 (a batch size, a worker count).  Usage: add_argument("-b", type=cli.positive_int)"""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {!r}".format(text)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {}".format(value))
+    return value
 
 
 def require(module, extra, what):

@@ -224,6 +224,28 @@ def l2_normalize(embeddings, epsilon=1e-12, dtype="float64"):
     return embeddings / np.maximum(np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings)), epsilon)[:, None]
 
 
+def check_embedding_rows(embeddings, source, name="embeddings"):
+    """Refuse embeddings that a verification metric would turn into a wrong number without a word: not [images, size]
+    numbers, NaN / inf rows, all-zero rows, or every row the same vector (a model that ignores its input).
+
+    Usage: check_embedding_rows(embs, "model.h5")  # ValueError naming `source`, the rows and the first bad row
+    """
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.dtype.kind not in "biuf":
+        raise ValueError("{}: {} of shape {} ({}); expected numbers shaped [images, embedding size]".format(
+            source, name, embeddings.shape, embeddings.dtype))
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        raise ValueError("{}: {} of {} {} rows hold NaN or inf (first: row {})".format(source, int(bad.sum()), len(embeddings), name, int(np.argmax(bad))))
+    zero = ~(embeddings != 0).any(axis=1)
+    if zero.any():
+        raise ValueError("{}: {} of {} {} rows are all zero (first: row {}): degenerate embeddings".format(
+            source, int(zero.sum()), len(embeddings), name, int(np.argmax(zero))))
+    if len(embeddings) > 1 and (embeddings == embeddings[0]).all():
+        raise ValueError("{}: all {} {} rows are the same vector: degenerate embeddings (a model that ignores its input?)".format(
+            source, len(embeddings), name))
+
+
 _FUNCTIONS_ATTRIBUTE = "_face_io_embedding_functions"  # {(image_shape, flip, norm): traced function}, on the model
 
 

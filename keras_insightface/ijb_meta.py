@@ -137,14 +137,40 @@ class IJBMeta:
     label: np.ndarray  # [P] int64, 1 same identity
 
 
-def _check_known_templates(path, template_columns, known_templates, first_line=1):
-    """Fail at the first line of `path` whose template id (any column of [rows, k]) is not a known template."""
+def _check_known_templates(path, template_columns, known_templates, first_line=1, row_name="line"):
+    """Fail at the first row of `path` whose template id (any column of [rows, k]) is not a known template."""
     template_columns = np.asarray(template_columns).reshape(len(template_columns), -1)
     unknown = ~np.isin(template_columns, known_templates)
     if unknown.any():
         row = int(np.argmax(unknown.any(axis=1)))
         value = template_columns[row][unknown[row]][0]
-        raise ValueError("{}: line {}: template id {} is not in the template / media list".format(path, row + first_line, value))
+        raise ValueError("{}: {} {}: template id {} is not in the template / media list".format(path, row_name, row + first_line, value))
+
+
+def check_meta(meta, pairs_source, images_source, first_line=1, row_name="line"):
+    """Refuse meta that would be scored wrongly without a word: a pair naming a template with no image (it would be
+    scored against another template), labels other than 0 / 1 or all of one kind, negative or non-finite detector scores
+    (weights of the D1 scenarios). Errors name the source and the row (`row_name first_line + index`).
+
+    Usage: check_meta(meta, "ijbc_template_pair_label.txt", "ijbc_name_5pts_score.txt")
+    """
+    label = np.asarray(meta.label)
+    bad_label = ~np.isin(label, (0, 1))
+    if bad_label.any():
+        row = int(np.argmax(bad_label))
+        raise ValueError("{}: {} {}: label should be 0 or 1, got {}".format(pairs_source, row_name, row + first_line, label[row]))
+    pairs = np.stack([np.asarray(meta.p1), np.asarray(meta.p2)], axis=1)
+    _check_known_templates(pairs_source, pairs, np.unique(meta.templates), first_line, row_name)
+    scores = np.asarray(meta.face_scores, dtype="float64")
+    bad_score = ~np.isfinite(scores) | (scores < 0)
+    if bad_score.any():
+        row = int(np.argmax(bad_score))
+        raise ValueError("{}: {} {}: detector score {} ({} of {} scores are negative or not finite); the D1 scenarios weight "
+                         "each image by its score, which must be >= 0".format(
+                             images_source, row_name, row + first_line, scores[row], int(bad_score.sum()), len(scores)))
+    if label.all() or not label.any():
+        raise ValueError("{}: all {} pairs are labelled {}; TAR@FAR needs pairs of the same and of different identities".format(
+            pairs_source, len(label), int(label[0]) if len(label) else "(none)"))
 
 
 def _check_image_names(img_names, listing_path):
@@ -193,23 +219,20 @@ def read_ijb_meta(data_path, subset="IJBB", check_images=True):
                 paths["template_media"], row + 1, template_media["image"].iloc[row], img_names[row], paths["landmarks"]
             )
         )
-    bad_label = ~np.isin(pairs["label"].to_numpy(), (0, 1))
-    if bad_label.any():
-        raise ValueError("{}: line {}: label should be 0 or 1".format(paths["pairs"], int(np.argmax(bad_label)) + 1))
-    templates = template_media["template"].to_numpy()
-    _check_known_templates(paths["pairs"], pairs[["t1", "t2"]].to_numpy(), np.unique(templates))
-    if check_images:
-        _check_images_exist(paths["images"], img_names, paths["landmarks"])
-    return IJBMeta(
+    meta = IJBMeta(
         img_names=img_names,
         landmarks=landmarks[list(_LANDMARK_COLUMNS)].to_numpy("float32").reshape(-1, 5, 2),
         face_scores=landmarks["score"].to_numpy("float32"),
-        templates=templates,
+        templates=template_media["template"].to_numpy(),
         medias=template_media["media"].to_numpy(),
         p1=pairs["t1"].to_numpy(),
         p2=pairs["t2"].to_numpy(),
         label=pairs["label"].to_numpy(),
     )
+    check_meta(meta, paths["pairs"], paths["landmarks"])
+    if check_images:
+        _check_images_exist(paths["images"], img_names, paths["landmarks"])
+    return meta
 
 
 def _unique_templates_with_subjects(path, frame):

@@ -86,19 +86,48 @@ def template_features(img_feats, templates, medias):
     return template_ids, face_io.l2_normalize(matrix @ np.asarray(img_feats, dtype="float32"), dtype="float32")
 
 
-def scenario_template_features(matrix, embs, embs_f=None, face_scores=None, scenario=DEFAULT_SCENARIO):
-    """Normalized template features of a scenario straight from the embeddings, with no per-image copy.
+def scenario_template_sums(matrix, embs, embs_f=None, face_scores=None, scenario=DEFAULT_SCENARIO):
+    """Template features of a scenario before normalization, straight from the embeddings, with no per-image copy.
 
     The per-image factors are folded into the aggregation matrix: W diag(s) @ embs (+ W diag(s) @ embs_f).
-    Usage: feats = scenario_template_features(aggregation_matrix(t, m)[1], embs, embs_f, scores, "N0D1F1")
+    Usage: sums = scenario_template_sums(aggregation_matrix(t, m)[1], embs, embs_f, scores, "N0D1F1")
     """
     flags = parse_scenario(scenario)
     scaled = matrix.copy()
     scaled.data = scaled.data * image_scales(embs, embs_f, face_scores, **flags)[scaled.indices]
-    feats = np.asarray(scaled @ embs, dtype="float32")
+    sums = np.asarray(scaled @ embs, dtype="float32")
     if flags["use_flip_test"]:
-        feats += scaled @ embs_f
-    return face_io.l2_normalize(feats, dtype="float32")
+        sums += scaled @ embs_f
+    return sums
+
+
+def scenario_template_features(matrix, embs, embs_f=None, face_scores=None, scenario=DEFAULT_SCENARIO):
+    """L2-normalized template features of a scenario (`scenario_template_sums`, normalized).
+
+    Usage: feats = scenario_template_features(aggregation_matrix(t, m)[1], embs, embs_f, scores, "N0D1F1")
+    """
+    return face_io.l2_normalize(scenario_template_sums(matrix, embs, embs_f, face_scores, scenario), dtype="float32")
+
+
+def check_template_sums(sums, template_ids, scenario):
+    """Refuse templates whose feature is zero (every image weighted 0): their pairs would score 0 without a word.
+
+    Usage: check_template_sums(scenario_template_sums(matrix, embs, embs_f, scores, "N0D1F1"), template_ids, "N0D1F1")
+    """
+    empty = ~(np.abs(sums) > 0).any(axis=1)
+    if empty.any():
+        raise ValueError("scenario {}: {} of {} templates have a zero feature (first: template {}): their images' detector "
+                         "scores are all 0 (D1) or their embeddings cancel out".format(
+                             scenario, int(empty.sum()), len(empty), template_ids[int(np.argmax(empty))]))
+
+
+def check_embeddings(embs, embs_f, source):
+    """Refuse embeddings (and flipped ones, when computed) that would give a TAR table of noise or zeros without a word:
+    `face_io.check_embedding_rows`.  Usage: check_embeddings(embs, embs_f, "model.h5")
+    """
+    face_io.check_embedding_rows(embs, source, "embs")
+    if len(embs_f):
+        face_io.check_embedding_rows(embs_f, source, "flipped embs")
 
 
 def _compact(index, size):
@@ -149,13 +178,24 @@ def pair_cosine(feats, index1, index2, dense_ratio=16, block_entries=1 << 25):
 
 
 def positions(sorted_ids, values):
-    """Index of each value in `sorted_ids` (all present), by lookup table for int ids.  Usage: rows = positions(ids, p1)"""
+    """Index of each value in `sorted_ids`, by lookup table for int ids; a value not among them is a ValueError.
+
+    Usage: rows = positions(ids, p1)
+    """
     sorted_ids, values = np.asarray(sorted_ids), np.asarray(values)
     if len(sorted_ids) and sorted_ids.dtype.kind in "iu" and 0 <= sorted_ids[0] and sorted_ids[-1] <= 8 * len(values) + (1 << 20):
-        table = np.zeros(int(sorted_ids[-1]) + 1, dtype="int64")
+        table = np.full(int(sorted_ids[-1]) + 2, -1, dtype="int64")  # the last entry stands for every value out of range
         table[sorted_ids] = np.arange(len(sorted_ids))
-        return table[values]
-    return np.searchsorted(sorted_ids, values)
+        in_range = (values >= 0) & (values <= sorted_ids[-1])
+        found = table[np.where(in_range, values, len(table) - 1)]
+    elif len(sorted_ids):
+        index = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+        found = np.where(sorted_ids[index] == values, index, -1)
+    else:
+        found = np.full(len(values), -1)
+    if (found < 0).any():
+        raise ValueError("id {} is not among the {} ids (templates) it is looked up in".format(values[int(np.argmax(found < 0))], len(sorted_ids)))
+    return found
 
 
 def score_pairs(template_ids, template_feats, p1, p2):
@@ -284,7 +324,9 @@ def evaluate_scenarios(embs, embs_f, meta, scenarios=(DEFAULT_SCENARIO,), one_n_
     all_scores, all_1n = {}, {}
     for scenario in scenarios:
         print(">>>> Scenario {}".format(scenario))
-        feats = scenario_template_features(matrix, embs, embs_f, meta.face_scores, scenario)
+        sums = scenario_template_sums(matrix, embs, embs_f, meta.face_scores, scenario)
+        check_template_sums(sums, template_ids, scenario)
+        feats = face_io.l2_normalize(sums, dtype="float32")
         all_scores[scenario] = pair_cosine(feats, index1, index2)
         if one_n_sets:
             all_1n[scenario] = _evaluate_1n_sets(template_ids, feats, one_n_sets)

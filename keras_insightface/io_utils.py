@@ -47,6 +47,21 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def name_of_several(stems, joiner="_vs_", limit=150):
+    """One file-name stem standing for several inputs: their stems joined by `joiner`, or, beyond `limit` characters,
+    the first stem, the count of the others and a digest of all of them (another set of inputs, another name).
+
+    Usage: name_of_several(["a_hist", "b_hist"]) -> "a_hist_vs_b_hist"
+    """
+    import hashlib
+
+    name = joiner.join(stems)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1("\n".join(stems).encode("utf-8")).hexdigest()[:8]
+    return "{}_and_{}_more_{}".format(stems[0], len(stems) - 1, digest)
+
+
 _SAFE_PICKLE_GLOBALS = {
     ("_codecs", "encode"),  # how Python 2 / protocol 2 pickles store `bytes`
     ("numpy", "ndarray"),

@@ -9,6 +9,9 @@ One place knows how to run every supported model kind, chosen by the file type:
 | `*.pt`, `*.pth` TorchScript | torch (optional)   | NCHW   | (x - 127.5) / 127.5 (a state dict: convert it with convert_insightface) |
 | `prefix,epoch` MXNet        | mxnet (optional)   | NCHW   | none: the graph holds it       |
 
+A Keras training model (a classification head after its `embedding` layer) is cut at `embedding` (`embedding_model`),
+and a Keras file whose config names a callable outside Keras is refused unread (`load_keras_model`).
+
 Usage:
     from keras_insightface.model_interf import load_model_interf
     interf = load_model_interf("checkpoints/basic_model.h5", batch_size=128)
@@ -85,13 +88,20 @@ class KerasModelInterf(ModelInterf):
 def load_keras_model(model_file):
     """keras.models.load_model(model_file, compile=False) with errors that name the file and say why.
 
-    A Lambda layer (a Python function, refused by Keras' safe mode) is explained, never loaded unsafely.
+    Keras' safe mode is kept: a Lambda layer (a Python function) is explained, never loaded unsafely, and a config naming
+    a callable outside Keras and the registered custom objects (e.g. `os.system`) is refused before Keras reads it.
     Usage: model = load_keras_model("checkpoints/basic_model.h5")
     """
     import keras
 
     if not os.path.isfile(model_file):
         raise FileNotFoundError("{}: model file not found".format(model_file))
+    foreign = sorted(set(_foreign_callables(_saved_model_config(model_file))))
+    if foreign:
+        raise ValueError(
+            "{}: the model config names {}, outside Keras and the registered custom objects; it is neither imported nor run "
+            "(Keras safe mode). Load only models whose code you have and trust".format(model_file, ", ".join(foreign))
+        )
     try:
         return keras.models.load_model(model_file, compile=False)
     except Exception as error:
@@ -100,7 +110,89 @@ def load_keras_model(model_file):
                 "{}: the model has a Lambda layer (a Python function), which Keras' safe mode refuses to load since it can run "
                 "code; if you trust the file, load it yourself with keras.models.load_model(path, safe_mode=False)".format(model_file)
             ) from error
-        raise ValueError("{}: not a readable Keras model ({}: {})".format(model_file, type(error).__name__, error)) from error
+        reason = str(error).strip().split("\n")[0][:300]
+        raise ValueError("{}: not a readable Keras model ({}: {})".format(model_file, type(error).__name__, reason)) from error
+
+
+def _saved_model_config(model_file):
+    """The model config (parsed JSON) of a `.keras` zip or a Keras `.h5` file, or None when it cannot be read here
+    (Keras then reports the file)."""
+    import json
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(model_file):
+            with zipfile.ZipFile(model_file) as archive:
+                return json.loads(archive.read("config.json"))
+        import h5py
+
+        with h5py.File(model_file, "r") as ff:
+            text = ff.attrs.get("model_config")
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text) if text is not None else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+_TRUSTED_PACKAGES = ("keras", "builtins", "keras_insightface")  # Keras' own names, and this package's registered layers
+
+
+def _foreign_callables(config):
+    """`module.name` of every serialized object in `config` that is neither Keras' own nor a registered custom object."""
+    import keras
+
+    if isinstance(config, list):
+        for item in config:
+            yield from _foreign_callables(item)
+    elif isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and "class_name" in config and module.split(".")[0] not in _TRUSTED_PACKAGES:
+            registered = config.get("registered_name")
+            if not (isinstance(registered, str) and keras.saving.get_registered_object(registered) is not None):
+                name = config["config"] if config["class_name"] == "function" else config["class_name"]
+                yield "'{}.{}'".format(module, name)
+        for value in config.values():
+            yield from _foreign_callables(value)
+
+
+_CLASSIFICATION_LAYERS = ("NormDense", "NormDenseVPL", "NormDensePartialFC")
+
+
+def embedding_model(model, source="model"):
+    """The embedding part of a Keras model: a basic model as it is; a training model (a classification head after its
+    `embedding` layer, or more outputs) cut at `embedding`, saying so; a head without an `embedding` layer is refused.
+
+    Usage: basic_model = embedding_model(keras.models.load_model("model.h5", compile=False), "model.h5")
+    """
+    import keras
+
+    if "embedding" in {layer.name for layer in model.layers}:
+        embedding = model.get_layer("embedding").output
+        if len(model.outputs) == 1 and model.outputs[0] is embedding:
+            return model
+        print(">>>> {}: a training model (outputs {}): cut at its 'embedding' layer, whose {}-d output is used as the embeddings".format(
+            source, ", ".join(str(tuple(output.shape)) for output in model.outputs), embedding.shape[-1]))
+        return keras.Model(model.inputs[0], embedding, name=model.name)
+    head = _classification_head(model)
+    if head:
+        raise ValueError(
+            "{}: the model ends in a classification head ({}) and has no layer named 'embedding' to cut it at; its outputs "
+            "are class scores, not embeddings: pass the basic model (its last layer named 'embedding')".format(source, head)
+        )
+    if len(model.outputs) != 1:
+        raise ValueError("{}: the model has {} outputs and no layer named 'embedding'; expected one embedding output".format(
+            source, len(model.outputs)))
+    return model
+
+
+def _classification_head(model):
+    """The name of a classification layer of `model` (a NormDense kind, or a final softmax), or None."""
+    for layer in model.layers:
+        if type(layer).__name__ in _CLASSIFICATION_LAYERS:
+            return "{} '{}'".format(type(layer).__name__, layer.name)
+    last = model.layers[-1]
+    if getattr(getattr(last, "activation", None), "__name__", "") == "softmax":
+        return "softmax layer '{}'".format(last.name)
+    return None
 
 
 def load_teacher(teacher_model_interf):
@@ -109,11 +201,13 @@ def load_teacher(teacher_model_interf):
     """
     import keras
 
-    if teacher_model_interf is None or isinstance(teacher_model_interf, keras.Model):
-        return teacher_model_interf
+    if teacher_model_interf is None:
+        return None
+    if isinstance(teacher_model_interf, keras.Model):
+        return embedding_model(teacher_model_interf, "teacher model '{}'".format(teacher_model_interf.name))
     if isinstance(teacher_model_interf, (str, os.PathLike)):
         print(">>>> Load teacher model from:", teacher_model_interf)
-        return load_keras_model(os.fspath(teacher_model_interf))
+        return embedding_model(load_keras_model(os.fspath(teacher_model_interf)), os.fspath(teacher_model_interf))
     raise ValueError("teacher_model_interf must be a keras.Model or a Keras model file (.h5 / .keras), got {!r}; other teachers "
                      "(ONNX, TorchScript, MXNet) give their embeddings through data_distiller.py".format(teacher_model_interf))
 
@@ -131,9 +225,15 @@ def _onnx_layout(shape):
 def _load_onnx(model_file):
     ort = cli.require("onnxruntime", "onnx", "{}: ONNX models".format(model_file))
 
-    session = ort.InferenceSession(model_file, providers=ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(model_file, providers=ort.get_available_providers())
+    except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        raise ValueError("{}: not a readable ONNX model ({})".format(model_file, str(error).strip().split("\n")[0][:300])) from error
     model_input = session.get_inputs()[0]
-    layout = _onnx_layout(model_input.shape)
+    try:
+        layout = _onnx_layout(model_input.shape)
+    except ValueError as error:
+        raise ValueError("{}: {}".format(model_file, error)) from None
 
     def predict(inputs):
         return session.run(None, {model_input.name: inputs})[0]
@@ -251,12 +351,12 @@ def load_model_interf(model_file, input_layout=None, mean=None, std=None, batch_
     Usage: embs = load_model_interf("model.onnx", batch_size=64)(faces)
     """
     if not isinstance(model_file, (str, os.PathLike)):
-        return KerasModelInterf(model_file, mean, std, batch_size)
+        return KerasModelInterf(embedding_model(model_file, "model '{}'".format(model_file.name)), mean, std, batch_size)
     name, model_file = model_name(model_file), os.fspath(model_file)
     if model_file.lower().endswith(KERAS_EXTENSIONS):
         if not os.path.exists(model_file):
             raise FileNotFoundError("model file not found: {}".format(model_file))
-        return KerasModelInterf(load_keras_model(model_file), mean, std, batch_size, name)
+        return KerasModelInterf(embedding_model(load_keras_model(model_file), model_file), mean, std, batch_size, name)
     predict, layout, (default_mean, default_std) = _load_backend(model_file)
     return ModelInterf(
         predict,

@@ -12,13 +12,19 @@ Usage:
     axes, _ = plot.hist_plot_split("checkpoints/TT_r34_hist.json", [5, 5, 40], axes=axes, fig_label="r34", save="compare.png")
     plot.lr_schedule_plot(lr_base=0.1, lr_decay=0.1, lr_decay_steps=[20, 30], epochs=40, save="lr.png")
     plot.choose_accuracy(glob.glob("checkpoints/*_hist.json"), metric_key="agedb_30")   # text tables, no matplotlib
+
+Command line (`python plot.py`, `keras-insightface-plot`): the curves of one or more runs, side by side, into one PNG
+named after the runs beside the first history file (an existing figure is kept unless --overwrite):
+    python plot.py checkpoints/TT_mobilenet_hist.json checkpoints/TT_r34_hist.json -e 5 5 40 -n S16 S32 S64
 """
+import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
-from . import cli
+from . import cli, io_utils
 
 NOT_CURVES = ("loss", "accuracy", "lr", "epoch")
 EVALS_NAME = ["lfw", "cfp_fp", "agedb_30", "IJBB", "IJBC"]
@@ -45,11 +51,23 @@ def load_histories(history):
         with open(path, "r", encoding="utf-8") as ff:
             try:
                 loaded = json.load(ff)
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError("{}: not a JSON history file ({})".format(path, error)) from error
+        if not isinstance(loaded, dict) or not all(isinstance(values, list) for values in loaded.values()):
+            raise ValueError("{}: not a history file; expected a JSON object of per-epoch lists, as Train's <stem>_hist.json".format(path))
         for key, values in loaded.items():
             merged.setdefault(key, []).extend(values)
     return merged
+
+
+def save_figure(fig, path):
+    """Save a figure atomically (format from the extension); an earlier file is replaced only once the new one is whole.
+
+    Usage: save_figure(axes[0].figure, "curves.png")
+    """
+    with io_utils.atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return path
 
 
 def split_by_plans(values, epochs):
@@ -114,7 +132,7 @@ def hist_plot_split(history, epochs=None, names=None, customs=None, save="", axe
     if save == "" and not isinstance(history, dict):
         save = os.path.splitext(history if isinstance(history, (str, os.PathLike)) else list(history)[-1])[0] + ".png"
     if save:
-        fig.savefig(save)
+        save_figure(fig, save)
     last = {key: values[-1] for key, values in hist.items() if values and key != "epoch"}
     return axes, last
 
@@ -145,7 +163,7 @@ def lr_schedule_plot(lr_base=0.001, lr_decay=0.05, lr_decay_steps=0, lr_min=1e-6
     ax.set_title("learning rate")
     ax.legend(loc="best", fontsize=8)
     if save:
-        ax.figure.savefig(save)
+        save_figure(ax.figure, save)
     return ax
 
 
@@ -208,3 +226,68 @@ def choose_accuracy(aa, skip_name_len=0, sort_metric=False, metric_key="agedb_30
         rows = dict(sorted(table.items(), key=lambda item: _sort_key(item[1].get(metric_key)))) if sort_metric else table
         print("\n>>>> {} :\n{}".format(title, _markdown_table(rows, columns)))
     return tables[:3]
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def curves_path(runs):
+    """The default figure of `runs` (lists of history files): beside the first, named after each run's last file.
+
+    Usage: curves_path([["c/a_hist.json"], ["c/b_hist.json"]]) -> "c/a_hist_vs_b_hist.png"
+    """
+    stems = [os.path.splitext(os.path.basename(files[-1]))[0] for files in runs]
+    return os.path.join(os.path.dirname(os.path.abspath(runs[0][0])), io_utils.name_of_several(stems) + ".png")
+
+
+def plot_runs(histories, epochs=None, names=None, customs=None, labels=None, init_epoch=0, limit_loss_max=1e5, output=None, overwrite=False):
+    """Draw each run of `histories` (a `_hist.json`, or `a.json,b.json` for a run continued in several files) with
+    `hist_plot_split` on the same four panels and save the figure; returns its path.
+
+    Usage: plot_runs(["checkpoints/a_hist.json", "checkpoints/b_hist.json"], epochs=[5, 45], names=["S16", "S64"])
+    """
+    runs = [run.split(",") for run in histories]
+    labels = labels or [os.path.splitext(os.path.basename(files[-1]))[0] for files in runs]
+    if len(labels) != len(runs):
+        raise ValueError("{} labels for {} runs; give one label per history argument".format(len(labels), len(runs)))
+    output = cli.check_output_file(output or curves_path(runs), overwrite, "figure")
+    axes = None
+    for files, label in zip(runs, labels):
+        axes, _ = hist_plot_split(files, epochs, names, customs, save=None, axes=axes, init_epoch=init_epoch, fig_label=label,
+                                  limit_loss_max=limit_loss_max)
+    save_figure(axes[0].figure, output)
+    _pyplot().close(axes[0].figure)
+    print(">>>> Saved curves: {}".format(output))
+    return output
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=cli.prog_name("plot.py"),
+        description="Training curves (loss, accuracy, eval sets, lr) of one or more runs from Train's <stem>_hist.json files, "
+        "drawn side by side (hist_plot_split) into one figure.",
+    )
+    parser.add_argument("histories", nargs="+", metavar="HIST_JSON",
+                        help="a run's _hist.json; a run continued in several files: first_hist.json,second_hist.json")
+    parser.add_argument("-e", "--epochs", type=cli.positive_int, nargs="+", default=None, help="the plans' lengths in epochs, e.g. 5 5 40")
+    parser.add_argument("-n", "--names", nargs="+", default=None, help="the plans' names, drawn at their first epoch")
+    parser.add_argument("-c", "--customs", nargs="+", default=None, help="history keys of the third panel (default: every eval set)")
+    parser.add_argument("-l", "--labels", nargs="+", default=None, help="the runs' names in the legends (default: the file names)")
+    parser.add_argument("--init_epoch", type=int, default=0, help="epoch number of the first history entry, less one (default 0)")
+    parser.add_argument("--limit_loss_max", type=float, default=1e5, help="losses above it are left out (default 1e5)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="figure path (.png, .svg, .pdf); default beside the first history: <stem>.png, several runs <stem1>_vs_<stem2>.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing figure (default: keep it and stop)")
+    args = parser.parse_args(argv)
+    if args.init_epoch < 0:
+        parser.error("argument --init_epoch: expected a whole number >= 0, got {}".format(args.init_epoch))
+    return args
+
+
+def main(argv=None):
+    """The command line of plot.py (console script keras-insightface-plot).  Usage: main(["a_hist.json", "-e", "5", "45"])"""
+    args = parse_arguments(argv)
+    return cli.run("plot.py", plot_runs, args.histories, args.epochs, args.names, args.customs, args.labels, args.init_epoch,
+                   args.limit_loss_max, args.output, args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,8 @@
 """IJB_evals: a miniature IJB tree end to end, hand-made embeddings with known TAR@FAR / top-1, hand-worked aggregation."""
+import errno
 import glob
 import os
+import tempfile
 
 import cv2
 import keras
@@ -165,7 +167,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
         np.testing.assert_allclose(data["embs_f"], embs_f, atol=1e-4)
         np.testing.assert_array_equal(data["templates"], templates)
 
-    csv = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC.csv"), index_col=0)
+    csv = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1.csv"), index_col=0)
     assert list(csv.columns) == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
     label = np.array([pair[2] for pair in pairs])
     # the default rule is insightface's: the ROC point nearest each FAR
@@ -175,7 +177,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     # 12 negatives: FAR 1e-1 lies between 1/12 and 2/12 false accepts; the nearest point is 1/12
     assert csv.loc["tiny_model_h5_IJBC_N0D1F1", "1e-01"] == pytest.approx(reference_tar(label, expected, 1 / 12) * 100, abs=1e-6)
 
-    one_n = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_1N.csv"), index_col=[0, 1])
+    one_n = pd.read_csv(os.path.join(out, "tiny_model_h5_IJBC_N0D1F1_1N.csv"), index_col=[0, 1])
     for gallery, members in (("G1", GALLERIES["G1"]), ("G2", GALLERIES["G2"])):
         hits = []
         for probe, subject in GALLERIES["probe"]:
@@ -210,7 +212,7 @@ def test_end_to_end_cli_on_mini_tree(mini_tree, tiny_model_file, tmp_path):
     with pytest.raises(ValueError, match="tiny_model_h5_IJBC.npz: embeddings of IJBC, but -s IJBB was asked"):
         IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-s", "IJBB", "-o", alone]))
     IJB_evals.run(IJB_evals.parse_arguments(["-R", os.path.join(out, "tiny_model_h5_IJBC.npz"), "-o", alone]))  # -s from the file
-    assert os.path.exists(os.path.join(alone, "tiny_model_h5_IJBC.csv"))
+    assert os.path.exists(os.path.join(alone, "tiny_model_h5_IJBC_N0D1F1.csv"))
 
 
 def hand_made_release(root):
@@ -271,7 +273,7 @@ def test_restore_hand_made_embeddings_gives_known_tar_and_top1(tmp_path, capsys)
         assert interpolated.loc["hand_IJBC_N0D1F0", far] == pytest.approx(tar, abs=1e-6), far
     assert os.path.exists(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy"))
     assert ">>>> Saved scores: {}\n".format(tmp_path / "emb" / "hand_IJBC_N0D1F0.npy") in capsys.readouterr().out
-    saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC.csv"), index_col=0)
+    saved = pd.read_csv(str(tmp_path / "emb" / "hand_IJBC_N0D1F0.csv"), index_col=0)
     assert saved.loc["hand_IJBC_N0D1F0", "1e-02"] == pytest.approx(80.0)
 
     g1, g2 = table_1n.loc[("N0D1F0", "G1")], table_1n.loc[("N0D1F0", "G2")]
@@ -396,7 +398,7 @@ def test_tar_at_far_default_is_insightface_nearest_roc_point(seed):
 def small_release(tmp_path):
     root = str(tmp_path / "IJB_release")
     rows = [("{}.jpg".format(i + 1), 1 + i // 2, 10 + i, 0.9) for i in range(4)]
-    meta_dir = write_meta(root, "IJBB", rows, [(1, 2, 0), (2, 1, 0)], {"S1": [(1, 1)], "S2": [(2, 2)], "probe": [(1, 1)]})
+    meta_dir = write_meta(root, "IJBB", rows, [(1, 2, 0), (2, 2, 1)], {"S1": [(1, 1)], "S2": [(2, 2)], "probe": [(1, 1)]})
     image_dir = os.path.join(root, "IJBB", "loose_crop")
     os.makedirs(image_dir)
     for row in rows:
@@ -457,3 +459,204 @@ def test_missing_image_is_named_with_its_line(small_release):
     os.remove(os.path.join(root, "IJBB", "loose_crop", "3.jpg"))
     with pytest.raises(FileNotFoundError, match=r"ijbb_name_5pts_score\.txt: line 3: image not found: .*3\.jpg"):
         IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"]))
+
+
+# ------------------------------------------------------------------------------------------------ hostile -R files and meta
+def restore_npz(folder, name="m_IJBC.npz", **changes):
+    """A -R file with its own meta: 6 images of templates 1, 2, 5 (two images each), pairs (1,2) same, (1,5) (2,5) not."""
+    arrays = dict(
+        embs=np.random.default_rng(5).normal(size=[6, 4]).astype("float32"), templates=np.array([1, 1, 2, 2, 5, 5]),
+        medias=np.array([1, 2, 3, 3, 4, 5]), face_scores=np.array([0.9, 0.8, 0.7, 0.9, 0.6, 1.0], "float32"),
+        p1=np.array([1, 1, 2]), p2=np.array([2, 5, 5]), label=np.array([1, 0, 0]), subset=np.array("IJBC"),
+    )
+    arrays.update(changes)
+    path = os.path.join(str(folder), name)
+    np.savez(path, **arrays)
+    return path
+
+
+def assert_one_line_error(argv, capsys, *parts):
+    status = IJB_evals.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("IJB_evals.py: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+
+
+ROWS = np.random.default_rng(5).normal(size=[6, 4]).astype("float32")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"embs": np.zeros([6, 4], "float32")}, "6 of 6 embs rows are all zero (first: row 0): degenerate embeddings"),
+    ({"embs": np.where(np.arange(6)[:, None] == 2, 0, ROWS).astype("float32")}, "1 of 6 embs rows are all zero (first: row 2)"),
+    ({"embs": np.tile(ROWS[:1], [6, 1])}, "all 6 embs rows are the same vector: degenerate embeddings"),
+    ({"embs": ROWS[:, 0]}, "embs of shape (6,)"),
+    ({"embs": np.array(["a"] * 6)}, "'embs' holds <U1 of shape (6,); expected rows of numbers"),
+    ({"embs_f": np.zeros([6, 4], "float32")}, "6 of 6 flipped embs rows are all zero"),
+    ({"p1": np.array([1, 1, 3])}, "(p1, p2, label): row 2: template id 3 is not in the template / media list"),  # between the ids
+    ({"p2": np.array([2, 5, 9])}, "(p1, p2, label): row 2: template id 9 is not in the template / media list"),  # above every id
+    ({"face_scores": np.array([0.9, 0.8, 0.7, 0.9, -0.5, 1.0], "float32")}, "(templates, face_scores): row 4: detector score -0.5"),
+    ({"face_scores": np.array([0.9, 0.8, np.nan, 0.9, 0.5, 1.0], "float32")}, "row 2: detector score nan"),
+    ({"label": np.array([0, 0, 0])}, "all 3 pairs are labelled 0; TAR@FAR needs pairs of the same and of different identities"),
+    ({"label": np.array([1, 2, 0])}, "row 1: label should be 0 or 1, got 2"),
+    ({"medias": np.array([1, 2, 3, 3, 4])}, "'medias' of shape (5,); expected one value per image (6 images)"),
+])
+def test_hostile_restore_files_are_one_line_errors(tmp_path, capsys, changes, message):
+    npz = restore_npz(tmp_path, **changes)
+    assert_one_line_error(["-R", npz, "-o", str(tmp_path / "out")], capsys, npz, message)
+    assert not os.path.exists(tmp_path / "out")  # nothing written
+
+
+def test_negative_detector_score_in_the_meta_is_named_with_its_line(small_release):
+    root, meta_dir = small_release
+    path = os.path.join(meta_dir, "ijbb_name_5pts_score.txt")
+    _rewrite_line(path, 3, open(path).read().splitlines()[2].rsplit(" ", 1)[0] + " -0.25")
+    with pytest.raises(ValueError, match=r"ijbb_name_5pts_score\.txt: line 3: detector score -0\.25 \(1 of 4 scores"):
+        IJB_evals.run(IJB_evals.parse_arguments(["-m", "not_loaded_yet.h5", "-d", root, "-s", "IJBB"]))
+
+
+def test_a_template_whose_images_all_score_zero_is_refused_in_d1_scenarios():
+    meta = two_template_meta()
+    meta.face_scores[3] = 0  # template 9's only image
+    with pytest.raises(ValueError, match=r"scenario N0D1F1: 1 of 2 templates have a zero feature \(first: template 9\)"):
+        IJB_evals.evaluate_scenarios(EMBS, EMBS_F, meta, ["N0D1F1"])
+    scores, _ = IJB_evals.evaluate_scenarios(EMBS, EMBS_F, meta, ["N0D0F1"])  # D0 does not use the scores
+    assert np.isfinite(scores["N0D0F1"]).all()
+
+
+def test_positions_refuse_ids_that_are_not_there():
+    np.testing.assert_array_equal(IJB_evals.positions(np.array([3, 5, 9]), np.array([9, 3, 5, 5])), [2, 0, 1, 1])
+    np.testing.assert_array_equal(IJB_evals.positions(np.array([3, 5, 10**9]), np.array([10**9, 5])), [2, 1])  # sparse ids
+    for values in ([4], [10], [-1], [10**12]):
+        with pytest.raises(ValueError, match="id {} is not among the 3 ids".format(values[0])):
+            IJB_evals.positions(np.array([3, 5, 9]), np.array(values))
+    with pytest.raises(ValueError, match="id 7 is not among"):
+        IJB_evals.positions(np.array([3, 5, 10**9]), np.array([7]))
+
+
+@pytest.mark.parametrize("flag, value", [("-b", "-1"), ("-b", "0"), ("--workers", "0")])
+def test_counts_below_one_are_refused_by_the_parser(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        IJB_evals.parse_arguments(["-m", "m.h5", "-d", "IJB_release", flag, value])
+    assert exit_info.value.code == 2
+    assert "error: argument {}".format(flag) in capsys.readouterr().err
+
+
+def test_output_folder_that_is_a_file_or_a_result_that_is_a_folder(tmp_path, capsys):
+    npz = restore_npz(tmp_path)
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    assert_one_line_error(["-R", npz, "-o", str(a_file)], capsys, "-o {}: is a file; the result folder was expected".format(a_file))
+    assert a_file.read_text() == "mine"
+    (tmp_path / "out" / "m_IJBC_N0D1F0.npy").mkdir(parents=True)
+    assert_one_line_error(["-R", npz, "-o", str(tmp_path / "out")], capsys, "m_IJBC_N0D1F0.npy: is a directory, a result file was expected")
+
+
+def test_random_bytes_onnx_model_is_one_line(small_release, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "random.onnx"
+    model.write_bytes(np.random.default_rng(0).bytes(3000))
+    assert_one_line_error(["-m", str(model), "-d", small_release[0], "-s", "IJBB", "-o", str(tmp_path / "out")], capsys,
+                          str(model) + ": not a readable ONNX model")
+
+
+def test_a_training_model_is_cut_at_its_embedding_layer(mini_tree, tiny_model_file, tmp_path, capsys):
+    from keras_insightface import models
+
+    model_path, weights = tiny_model_file
+    basic = keras.models.load_model(model_path, compile=False)
+    full_path = str(tmp_path / "full_model.h5")
+    keras.Model(basic.inputs[0], models.NormDense(3, name="NormDense")(basic.outputs[0])).save(full_path)
+    IJB_evals.run(IJB_evals.parse_arguments(["-m", full_path, "-d", mini_tree, "-s", "IJBC", "-o", str(tmp_path / "out"), "-E", "-F"]))
+    assert "a training model (outputs (None, 3)): cut at its 'embedding' layer, whose 8-d output is used" in capsys.readouterr().out
+    images = [cv2.imread(os.path.join(mini_tree, "IJBC", "loose_crop", row[0]))[:, :, ::-1] for row in mini_rows()]
+    with np.load(str(tmp_path / "out" / "full_model_h5_IJBC.npz")) as data:
+        np.testing.assert_allclose(data["embs"], [reference_embedding(image, weights) for image in images], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ earlier results are kept
+def read_bytes(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_a_default_run_after_a_bunch_run_keeps_the_bunch_table(tmp_path, capsys):
+    npz, out = restore_npz(tmp_path), str(tmp_path / "out")
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-o", out, "-B", "-L"]))
+    bunch = read_bytes(out)
+    assert "m_IJBC_bunch_F0.csv" in bunch and len(pd.read_csv(os.path.join(out, "m_IJBC_bunch_F0.csv"))) == 4
+    capsys.readouterr()
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-o", out, "-L"]))
+    after = read_bytes(out)
+    assert {name: after[name] for name in bunch} == bunch  # the 4-scenario table, scores and labels untouched
+    assert set(after) - set(bunch) == {"m_IJBC_N0D1F0.csv"}
+    out_text = capsys.readouterr().out
+    assert ">>>> Kept, already holding these results: {}, {}\n".format(
+        os.path.join(out, "m_IJBC_N0D1F0.npy"), os.path.join(out, "IJBC_label.npz")) in out_text
+
+
+def test_other_results_under_the_same_name_are_kept_unless_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    os.makedirs(tmp_path / "a")
+    first = restore_npz(tmp_path / "a")
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", first, "-o", out]))
+    earlier = read_bytes(out)
+    os.makedirs(tmp_path / "b")
+    embs = np.random.default_rng(9).normal(size=[6, 4]).astype("float32")
+    second = restore_npz(tmp_path / "b", embs=embs)
+    assert_one_line_error(["-R", second, "-o", out], capsys, os.path.join(out, "m_IJBC_N0D1F0.npy"),
+                          "already exists with other scores; it is kept (pass --overwrite to replace it)")
+    assert read_bytes(out) == earlier
+
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", second, "-o", out, "--overwrite"]))
+    templates, medias = [1, 1, 2, 2, 5, 5], [1, 2, 3, 3, 4, 5]
+    pairs = [(1, 2, 1), (1, 5, 0), (2, 5, 0)]
+    scores = [0.9, 0.8, 0.7, 0.9, 0.6, 1.0]
+    expected, _ = reference_template_scores(embs, None, scores, templates, medias, pairs, norm=False, detector=True, flip=False)
+    np.testing.assert_allclose(np.load(os.path.join(out, "m_IJBC_N0D1F0.npy")), expected, atol=1e-6)
+
+
+def test_a_model_run_refuses_existing_results_before_loading_the_model(small_release, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "basic_model_h5_IJBB_N0D1F1.npy").write_bytes(b"earlier")
+    missing_model = str(tmp_path / "basic_model.h5")  # never loaded: the check comes first
+    assert_one_line_error(["-m", missing_model, "-d", small_release[0], "-s", "IJBB", "-o", str(out)], capsys,
+                          "basic_model_h5_IJBB_N0D1F1.npy: already exists; it is kept (pass --overwrite")
+    assert (out / "basic_model_h5_IJBB_N0D1F1.npy").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("failure", [errno.ENOSPC, errno.EROFS])
+def test_full_disk_or_read_only_results_are_one_line_and_keep_earlier_files(tmp_path, capsys, monkeypatch, failure):
+    npz, out = restore_npz(tmp_path), str(tmp_path / "out")
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-o", out]))
+    earlier = read_bytes(out)
+
+    def fail(*args, **kwargs):
+        raise OSError(failure, os.strerror(failure), out)
+
+    monkeypatch.setattr(tempfile, "mkstemp", fail)
+    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only"}[failure]
+    assert_one_line_error(["-R", npz, "-o", out, "-B"], capsys, "{}: {}".format(out, reason))
+    assert read_bytes(out) == earlier  # no temporary file left, nothing replaced
+
+
+def test_plot_only_names_its_figure_after_the_scores_and_keeps_it(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    npz, out = restore_npz(tmp_path), str(tmp_path / "out")
+    IJB_evals.run(IJB_evals.parse_arguments(["-R", npz, "-o", out, "-L"]))
+    scores, labels = os.path.join(out, "m_IJBC_N0D1F0.npy"), os.path.join(out, "IJBC_label.npz")
+    assert IJB_evals.main(["--plot_only", scores, labels]) == 0
+    png = os.path.join(out, "m_IJBC_N0D1F0_roc.png")
+    figure = open(png, "rb").read()
+    assert figure[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_one_line_error(["--plot_only", scores, labels], capsys, "ROC plot {}: already exists; it is kept".format(png))
+    assert open(png, "rb").read() == figure
+    assert IJB_evals.main(["--plot_only", scores, labels, "--overwrite"]) == 0
+
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"\x00" * 100)
+    assert_one_line_error(["--plot_only", str(junk), labels], capsys, str(junk) + ": not a .npy file of pair scores")
+    np.save(tmp_path / "ones.npy", np.ones(3, "int64"))
+    assert_one_line_error(["--plot_only", scores, str(tmp_path / "ones.npy"), "--plot_save", str(tmp_path / "x.png")], capsys,
+                          "ones.npy: expected pair labels, 0 and 1 both present")
+    assert_one_line_error(["--plot_only", labels], capsys, "followed by a label file (the .npz saved by -L, or the pair label .txt)")

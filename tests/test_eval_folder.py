@@ -1,5 +1,7 @@
 """eval_folder.py: registration, top-1 and TPR@FPR against brute-force NumPy on known embeddings; -D alignment; the CLI."""
+import errno
 import os
+import tempfile
 
 import cv2
 import numpy as np
@@ -118,3 +120,104 @@ def test_detection_leaves_out_images_without_a_face_and_errors_name_the_cause(da
     assert "-D/--detection needs the detector model" in capsys.readouterr().err
     assert eval_folder.main(["-d", dataset, "-m", "model.h5", "-D", str(tmp_path / "missing.onnx")]) == 2
     assert "eval_folder.py: error: face detector model not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad input, kept outputs
+def assert_one_line_error(argv, capsys, *parts):
+    status = eval_folder.main(argv)
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]  # progress bars may come before
+    assert status == 2 and last.startswith("eval_folder.py: error: ") and "Traceback" not in err, err
+    for part in parts:
+        assert part in last, err
+
+
+def test_batch_size_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_folder.main(["-m", "m.h5", "-d", "faces", "-b", "-1"])
+    assert exit_info.value.code == 2 and "argument -b/--batch_size: expected a whole number >= 1, got -1" in capsys.readouterr().err
+
+
+def _saved(path, **changes):
+    embs, classes = known_embeddings()
+    arrays = dict(embs=embs, imm_classes=classes, filenames=np.array(["x"] * len(embs)))
+    arrays.update(changes)
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"imm_classes": None}, "lacks ['imm_classes']; expected a file saved by eval_folder -S"),
+    ({"embs": np.zeros(20)}, "embs of shape (20,)"),
+    ({"embs": np.zeros([20, 8])}, "20 of 20 embs rows are all zero"),
+    ({"embs": np.ones([20, 8])}, "all 20 embs rows are the same vector"),
+    ({"imm_classes": np.zeros(19, "int64")}, "20 embeddings, but imm_classes of shape (19,)"),
+    ({"imm_classes": np.zeros(20, "int64")}, "no other-class pairs"),
+    ({"imm_classes": np.arange(20)}, "no same-class pairs"),
+])
+def test_bad_saved_embeddings_are_one_line_errors(tmp_path, capsys, changes, message):
+    path = _saved(tmp_path / "embs.npz", **changes)
+    assert_one_line_error(["-S", path], capsys, path, message)
+
+
+def test_saved_embeddings_that_are_no_npz_or_a_folder(tmp_path, capsys):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).bytes(500))
+    assert_one_line_error(["-S", str(junk)], capsys, str(junk) + ": not an .npz file of embeddings saved by eval_folder -S")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    assert_one_line_error(["-S", str(tmp_path / "single.npy")], capsys, "single.npy: a single array, not an .npz file")
+    assert_one_line_error(["-S", str(tmp_path)], capsys, "-S {}: is a directory".format(tmp_path))
+
+
+def test_saved_embeddings_are_replaced_only_with_overwrite(dataset, tmp_path, monkeypatch, capsys):
+    model_file = str(tmp_path / "tiny.keras")
+    tiny_basic_model().save(model_file)
+    saved = _saved(tmp_path / "embs.npz")
+    earlier = open(saved, "rb").read()
+    assert eval_folder.main(["-m", model_file, "-d", dataset, "-S", saved]) == 0
+    assert ">>>> Reloading from backup" in capsys.readouterr().out and open(saved, "rb").read() == earlier
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk)
+    assert_one_line_error(["-m", model_file, "-d", dataset, "-S", saved, "--overwrite"], capsys, "no space left on the device")
+    assert open(saved, "rb").read() == earlier and sorted(os.listdir(tmp_path)) == ["embs.npz", "faces", "tiny.keras"]
+    monkeypatch.undo()
+    assert eval_folder.main(["-m", model_file, "-d", dataset, "-S", saved, "--overwrite", "-b", "8"]) == 0
+    with np.load(saved) as stored:
+        assert stored["embs"].shape == (32, 16) and sorted(set(stored["imm_classes"])) == [0, 1, 2, 3]
+
+
+def test_an_aligned_folder_is_reused_when_complete_and_otherwise_kept(dataset, tmp_path, capsys):
+    model_file = str(tmp_path / "tiny.keras")
+    tiny_basic_model().save(model_file)
+    raw = os.path.join(str(tmp_path), "raw")
+    os.makedirs(os.path.join(raw, "0"))
+    os.makedirs(os.path.join(raw, "1"))
+    for index in range(4):
+        face = cv2.imread(os.path.join(dataset, str(index % 2), "{}.jpg".format(index)))
+        cv2.imwrite(os.path.join(raw, str(index % 2), "{}.jpg".format(index)), face)
+    calls = []
+
+    def detector(image):
+        calls.append(1)
+        return face_align.ARCFACE_TEMPLATE[None]
+
+    aligned = raw + face_align.ALIGNED_SUFFIX
+    os.makedirs(os.path.join(aligned, "0"))
+    cv2.imwrite(os.path.join(aligned, "0", "mine.jpg"), np.zeros((112, 112, 3), "uint8"))
+    with pytest.raises(FileExistsError, match="exists, but is not a complete alignment of .*; it is kept"):
+        eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector)
+    assert os.listdir(os.path.join(aligned, "0")) == ["mine.jpg"] and calls == []
+
+    eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector, overwrite=True)
+    assert calls == [1] * 4
+    assert sorted(os.listdir(os.path.join(aligned, "0"))) == ["0.jpg", "2.jpg"]  # the stale image is gone, nothing mixed
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    capsys.readouterr()
+    eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector)
+    assert calls == [1] * 4 and ">>>> Reusing the aligned faces of an earlier -D run" in capsys.readouterr().out
+    cv2.imwrite(os.path.join(raw, "0", "0.jpg"), np.full((120, 120, 3), 90, "uint8"))  # the source changed since
+    with pytest.raises(FileExistsError, match="is not a complete alignment"):
+        eval_folder.eval_folder(model_file, raw, batch_size=4, detection=detector)

@@ -120,3 +120,88 @@ def test_model_name_and_input_checks():
     np.testing.assert_array_equal(interf(faces), faces.transpose(0, 3, 1, 2).reshape(2, -1)[:, :2])
     with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
         interf(np.zeros([2, SIZE, SIZE]))
+
+
+# ---------------------------------------------------------------- training models, foreign callables, broken files
+def _training_model(weights, head):
+    """_dense_model's embedding followed by a classification head: 'normdense' (NormDense) or 'softmax' (Dense)."""
+    from keras_insightface import models
+
+    basic = _dense_model(weights)
+    layer = models.NormDense(5, name="NormDense") if head == "normdense" else keras.layers.Dense(5, activation="softmax", name="head")
+    return keras.Model(basic.inputs[0], layer(basic.outputs[0]))
+
+
+@pytest.mark.parametrize("head, suffix", [("normdense", ".h5"), ("softmax", ".keras")])
+def test_a_training_model_is_cut_at_its_embedding_layer(tmp_path, capsys, head, suffix):
+    from keras_insightface.model_interf import load_teacher
+
+    weights = np.random.default_rng(4).normal(size=[SIZE * SIZE * 3, 6]).astype("float32")
+    path = str(tmp_path / ("full_model" + suffix))
+    _training_model(weights, head).save(path)
+    faces = _faces(3)
+    expected = ((faces.astype("float64") - 127.5) * 0.0078125).reshape(3, -1) @ weights  # the embedding, not 5 class scores
+    np.testing.assert_allclose(load_model_interf(path)(faces), expected, rtol=1e-4, atol=1e-4)
+    assert "{}: a training model (outputs (None, 5)): cut at its 'embedding' layer, whose 6-d output".format(path) in capsys.readouterr().out
+    assert load_teacher(path).outputs[0].shape[-1] == 6
+    assert load_teacher(_training_model(weights, head)).outputs[0].shape[-1] == 6
+
+
+def test_a_classification_head_without_an_embedding_layer_is_refused(tmp_path):
+    inputs = keras.Input([SIZE, SIZE, 3])
+    features = keras.layers.Dense(6, name="features")(keras.layers.Flatten()(inputs))
+    path = str(tmp_path / "classifier.keras")
+    keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="probabilities")(features)).save(path)
+    with pytest.raises(ValueError, match=r"classifier.keras: the model ends in a classification head \(softmax layer 'probabilities'\) "
+                                         r"and has no layer named 'embedding'"):
+        load_model_interf(path)
+
+
+def _with_foreign_activation(path, module):
+    """Rewrite the saved model's Dense activation to `module.run`, as a hostile file would."""
+    import json
+    import zipfile
+
+    import h5py
+
+    foreign = {"module": module, "class_name": "function", "config": "run", "registered_name": "run"}
+
+    def rewrite(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Dense":
+                layer["config"]["activation"] = foreign
+        return json.dumps(config)
+
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+        files["config.json"] = rewrite(json.loads(files["config.json"])).encode()
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in files.items():
+                archive.writestr(name, content)
+    else:
+        with h5py.File(path, "r+") as ff:
+            ff.attrs["model_config"] = rewrite(json.loads(ff.attrs["model_config"]))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_config_naming_a_foreign_callable_is_refused_and_never_imported(tmp_path, monkeypatch, suffix):
+    marker = tmp_path / "payload_ran"
+    (tmp_path / "hostile_payload.py").write_text("open({!r}, 'w').write('imported')\ndef run(x):\n    return x\n".format(str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = str(tmp_path / ("hostile" + suffix))
+    _dense_model(np.ones([SIZE * SIZE * 3, 2], "float32")).save(path)
+    _with_foreign_activation(path, "hostile_payload")
+    with pytest.raises(ValueError, match=r"hostile{}: the model config names 'hostile_payload.run', outside Keras".format(suffix)):
+        load_model_interf(path)
+    assert not marker.exists()
+
+
+def test_random_bytes_are_named_errors(tmp_path):
+    pytest.importorskip("onnxruntime")
+    junk = np.random.default_rng(0).bytes(4000)
+    for name, message in (("model.onnx", "not a readable ONNX model"), ("model.keras", "not a readable Keras model"),
+                          ("model.h5", "not a readable Keras model")):
+        (tmp_path / name).write_bytes(junk)
+        with pytest.raises(ValueError, match="{}: {}".format(name, message)):
+            load_model_interf(str(tmp_path / name))

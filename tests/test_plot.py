@@ -1,6 +1,9 @@
 """plot.py: history curves of runs side by side and the learning-rate schedule plot."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,3 +87,54 @@ def test_choose_accuracy_on_hand_written_histories(tmp_path, capsys):
     assert table.index("| b_hist |") < table.index("| a_hist |")  # ascending agedb_30, as the original
     with pytest.raises(ValueError, match="TT_a_hist.json: no 'IJBC' values"):
         plot.choose_accuracy(paths[:1], metric_key="IJBC", key_picks=["lfw", "IJBC"])
+
+
+# ---------------------------------------------------------------- the command line
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_command_line_draws_runs_side_by_side_and_keeps_the_figure(tmp_path, capsys):
+    first = write_history(tmp_path / "a_hist.json", 6, 0)
+    write_history(tmp_path / "b_hist.json", 4, 1)
+    write_history(tmp_path / "a2_hist.json", 2, 2)
+    figure = tmp_path / "a2_hist_vs_b_hist.png"  # a run continued in two files is named by its last file
+    assert plot.main([str(tmp_path / "a_hist.json") + "," + str(tmp_path / "a2_hist.json"), str(tmp_path / "b_hist.json"), "-e", "2", "6"]) == 0
+    assert ">>>> Saved curves: {}".format(figure) in capsys.readouterr().out
+    drawn = figure.read_bytes()
+    assert drawn[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert plot.main([str(tmp_path / "a_hist.json"), str(tmp_path / "a2_hist.json") + "," + str(tmp_path / "b_hist.json"),
+                      "-o", str(figure)]) == 2
+    assert capsys.readouterr().err == "plot.py: error: figure {}: already exists; it is kept (pass --overwrite to replace it)\n".format(figure)
+    assert figure.read_bytes() == drawn
+    assert plot.main([str(tmp_path / "a_hist.json"), "-o", str(figure), "--overwrite"]) == 0
+    assert figure.read_bytes() != drawn
+    assert plot.main([str(tmp_path / "a_hist.json")]) == 0 and (tmp_path / "a_hist.png").stat().st_size > 1000
+
+    axes, _ = plot.hist_plot_split(str(tmp_path / "a_hist.json"), save=None)  # what the command draws for a run
+    np.testing.assert_allclose(axes[0].get_lines()[0].get_data()[1], first["loss"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "not a history file; expected a JSON object of per-epoch lists"),
+    ('{"loss": 3}', "not a history file; expected a JSON object of per-epoch lists"),
+    ("{not json", "not a JSON history file"),
+])
+def test_command_line_errors_are_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "x_hist.json"
+    path.write_text(content)
+    assert plot.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plot.py: error: {}: {}".format(path, message)) and err.count("\n") == 1
+    assert plot.main([str(tmp_path / "missing_hist.json")]) == 2
+    assert plot.main([str(path), "-o", str(tmp_path)]) == 2 and "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "x_hist.png").exists()
+    with pytest.raises(SystemExit):
+        plot.main([str(path), "-e", "0"])
+
+
+def test_plot_py_help_runs_from_the_repo_root():
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+    result = subprocess.run([sys.executable, "plot.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: plot.py") and "HIST_JSON" in result.stdout and "--overwrite" in result.stdout
