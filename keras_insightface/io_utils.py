@@ -43,7 +43,8 @@ def _naming_the_output(error, temporary_prefix, path):
     if named is not None and not str(named).startswith(temporary_prefix):
         return error
     if error.errno is not None:
-        return OSError(error.errno, error.strerror, path)  # OSError(errno, ...) is the errno's subclass
+        renamed = OSError(error.errno, error.strerror, path)  # OSError(errno, ...) is the errno's subclass
+        return renamed if type(renamed) is type(error) else error
     if type(error) is not OSError or path in str(error):
         return error
     return OSError("{}: could not be written ({})".format(path, error))
