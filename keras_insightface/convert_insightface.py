@@ -34,9 +34,6 @@ import sys
 import numpy as np
 
 from . import cli, io_utils
-
-SCRIPT = "convert_insightface.py"
-OUTPUT_EXTENSIONS = (".keras", ".h5")
 from .insightface_models import build_from_insightface
 from .insightface_onnx import (  # noqa: F401  (convert_insightface.<name> as before the split: the same objects)
     INPUT_AFFINE_OPS, ONNX_EXTENSIONS, PASSTHROUGH_OPS, describe_units, read_onnx,
@@ -47,6 +44,9 @@ from .insightface_weights import (  # noqa: F401
     HEAD_HINT, HEAD_LAYER_PREFIXES, SOURCE_EXTENSIONS, assign_units, is_insightface_weights, keras_units, load_insightface_weights,
     read_source,
 )
+
+SCRIPT = "convert_insightface.py"
+OUTPUT_EXTENSIONS = (".keras", ".h5")
 
 
 # ---------------------------------------------------------------- parity and the CLI

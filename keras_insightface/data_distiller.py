@@ -17,7 +17,6 @@ Usage:
 import argparse
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -31,16 +30,13 @@ IMAGE_SHAPE = (112, 112)
 
 
 def default_dest_file(data_path, teacher_name, emb_shape, use_fp16, save_npz):
-    """`<dataset>_<teacher>_shuffle_label_embs_normed_<emb>[_fp16].<tfrecord|npz>` beside the dataset folder or file.
+    """`<dataset>_<teacher>_shuffle_label_embs_normed_<emb>[_fp16].<tfrecord|npz>` beside the dataset folder or npz.
 
     Usage: default_dest_file("/datasets/casia/", "r100", 512, True, False)
         -> "/datasets/casia_r100_shuffle_label_embs_normed_512_fp16.tfrecord"
     """
-    dataset = os.path.normpath(os.fspath(data_path))
-    dataset = dataset[: -len(".npz")] if dataset.endswith(".npz") else dataset
-    suffix = "_fp16" if use_fp16 else ""
-    teacher = re.sub(r"[^\w.-]", "_", teacher_name)
-    return "{}_{}_shuffle_label_embs_normed_{}{}.{}".format(dataset, teacher, emb_shape, suffix, "npz" if save_npz else "tfrecord")
+    content = "shuffle_label_embs_normed_{}{}".format(emb_shape, "_fp16" if use_fp16 else "")
+    return io_utils.name_beside(data_path, [teacher_name, content], ".npz" if save_npz else ".tfrecord")
 
 
 def _check_finite(outputs, image_names, teacher):

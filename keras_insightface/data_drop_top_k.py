@@ -18,7 +18,6 @@ Usage:
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
@@ -79,14 +78,12 @@ def select_kept_images(cosines, classes, num_classes, deg_thresh):
 
 
 def default_dest_file(data_path, model_name, loss_top_k, deg_thresh):
-    """`<dataset>_<model>_topK<K>_deg<deg>.npz` beside the dataset folder or file, so that it names both.
+    """`<dataset>_<model>_topK<K>_deg<deg>.npz` beside the dataset folder or npz, so that it names both.
 
     Usage: default_dest_file("/datasets/train/", "TT_topk", 3, 75) -> "/datasets/train_TT_topk_topK3_deg75.npz"
     """
-    dataset = os.path.normpath(os.fspath(data_path))
-    dataset = dataset[: -len(".npz")] if dataset.endswith(".npz") else dataset
     degrees = int(deg_thresh) if float(deg_thresh).is_integer() else deg_thresh
-    return "{}_{}_topK{}_deg{}.npz".format(dataset, re.sub(r"[^\w.-]", "_", model_name), loss_top_k, degrees)
+    return io_utils.name_beside(data_path, [model_name, "topK{}".format(loss_top_k), "deg{}".format(degrees)], ".npz")
 
 
 def _check_arguments(deg_thresh, limit, batch_size):

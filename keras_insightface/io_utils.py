@@ -6,6 +6,7 @@ Usage:
 """
 import contextlib
 import os
+import re
 import tempfile
 
 
@@ -63,6 +64,17 @@ def atomic_write_bytes(path, data):
 def atomic_write_text(path, text):
     """Write `text` (utf-8) to `path` atomically.  Usage: atomic_write_text("h.json", json.dumps(h))"""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def name_beside(source, parts, extension):
+    """`<source>_<part>_..._<part><extension>` beside `source` (a folder, or a file whose extension is dropped): a tool's
+    output named by its dataset's full path, so that two datasets of one name never share it. Characters that do not
+    belong in a file name become `_` in the parts.
+    Usage: name_beside("/d/train/", ["r100", "topK3"], ".npz") -> "/d/train_r100_topK3.npz"
+    """
+    source = os.path.normpath(os.fspath(source))
+    stem = os.path.splitext(source)[0] if os.path.isfile(source) else source
+    return "_".join([stem, *(re.sub(r"[^\w.-]", "_", str(part)) for part in parts)]) + extension
 
 
 _SAFE_PICKLE_GLOBALS = {
