@@ -63,8 +63,8 @@ def run(prog, function, *args, **kwargs):
 
 def check_output_file(path, overwrite=False, what="output file"):
     """Refuse to write `path` when it is a directory, or an existing file and `overwrite` is False (FileExistsError
-    naming it and `--overwrite`); its folder must exist or be creatable, and be writable: a read-only or full file
-    system fails here, before any long work.  Usage: cli.check_output_file(args.output, args.overwrite)
+    naming it and `--overwrite`); its folder must exist or be creatable, and be writable: a read-only folder (or one
+    without permission) fails here, before any long work.  Usage: cli.check_output_file(args.output, args.overwrite)
     """
     if os.path.isdir(path):
         raise IsADirectoryError("{} {}: is a directory; give a file name".format(what, path))
@@ -85,7 +85,7 @@ def _nearest_existing_folder(folder):
 
 
 def _probe_writable(folder, path):
-    """Create and remove a hidden temporary file in `folder`; an OSError (read-only, permission, no space) names `path`."""
+    """Create and remove a hidden temporary file in `folder`; an OSError (read-only, permission, no inode) names `path`."""
     try:
         handle, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=folder)
     except OSError as error:
