@@ -15,11 +15,14 @@ import errno
 import importlib
 import os
 import sys
+import tempfile
 
 USER_ERRORS = (OSError, ValueError, ImportError)  # FileNotFoundError, IsADirectoryError, ... are OSErrors
 CONSOLE_SCRIPT_PREFIX = "keras-insightface-"
 OS_REASONS = {
     errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file grew beyond the size limit of the file system or of the process (ulimit -f)",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
@@ -61,15 +64,17 @@ def run(prog, function, *args, **kwargs):
 
 def check_output_file(path, overwrite=False, what="output file"):
     """Refuse to write `path` when it is a directory, or an existing file and `overwrite` is False (FileExistsError
-    naming it and `--overwrite`); its folder must exist or be creatable.  Usage: cli.check_output_file(args.output, args.overwrite)
+    naming it and `--overwrite`); its folder must exist or be creatable, and be writable: a read-only folder (or one
+    without permission) fails here, before any long work.  Usage: cli.check_output_file(args.output, args.overwrite)
     """
     if os.path.isdir(path):
         raise IsADirectoryError("{} {}: is a directory; give a file name".format(what, path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError("{} {}: already exists; it is kept (pass --overwrite to replace it)".format(what, path))
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(folder) and not os.path.isdir(folder):
+    folder = _nearest_existing_folder(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(folder):
         raise NotADirectoryError("{} {}: {} is not a directory".format(what, path, folder))
+    _probe_writable(folder, path)
     return path
 
 
@@ -81,6 +86,37 @@ def positive_int(text):
         raise argparse.ArgumentTypeError("expected a whole number >= 1, got {!r}".format(text)) from None
     if value < 1:
         raise argparse.ArgumentTypeError("expected a whole number >= 1, got {}".format(value))
+    return value
+
+
+def _nearest_existing_folder(folder):
+    """`folder`, or its nearest existing ancestor (atomic writes create the missing ones)."""
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def _probe_writable(folder, path):
+    """Create and remove a hidden temporary file in `folder`; an OSError (read-only, permission, no inode) names `path`."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, path) from error
+    os.close(handle)
+    os.remove(probe)
+
+
+def check_number(name, value, minimum=None, maximum=None):
+    """Refuse a number outside [minimum, maximum] (either may be None) or NaN with a ValueError naming `name` and the
+    range; returns `value`.  Usage: cli.check_number("batch_size", batch_size, minimum=1)
+    """
+    if minimum is not None and maximum is not None:
+        expected = "between {} and {}".format(minimum, maximum)
+    else:
+        expected = ">= {}".format(minimum) if minimum is not None else "<= {}".format(maximum)
+    inside = value == value and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not inside:
+        raise ValueError("{}={}: expected a number {}".format(name, value, expected))
     return value
 
 

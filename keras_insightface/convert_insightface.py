@@ -25,7 +25,7 @@ Usage:
     basic_model = models.buildin_models("r100", dropout=0, emb_shape=512, output_layer="E", use_bias=True, weights="backbone.pth")
     basic_model = convert_insightface.build_from_insightface("w600k_r50.onnx")  # network read from the file
 CLI:
-    python convert_insightface.py -i backbone.pth -o r100_glint360k.keras
+    python convert_insightface.py -i backbone.pth -o r100_glint360k.keras   # an existing output is kept unless --overwrite
 """
 import argparse
 import os
@@ -44,6 +44,9 @@ from .insightface_weights import (  # noqa: F401
     HEAD_HINT, HEAD_LAYER_PREFIXES, SOURCE_EXTENSIONS, assign_units, is_insightface_weights, keras_units, load_insightface_weights,
     read_source,
 )
+
+SCRIPT = "convert_insightface.py"
+OUTPUT_EXTENSIONS = (".keras", ".h5")
 
 
 # ---------------------------------------------------------------- parity and the CLI
@@ -66,19 +69,30 @@ def compare_with_onnx(model, onnx_path, num_images=8, seed=0):
     return float(np.abs(ours - theirs).max()), float(parity.cosine_similarities(ours, theirs).min())
 
 
-def convert(input_path, output_path=None, name=None, emb_shape=None, bn_momentum=0.9, num_parity_images=8):
+def _check_output(input_path, output_path, overwrite):
+    """The output path (default `<input>.keras` beside the input): a `.keras` / `.h5` file name, not a directory, and
+    not an existing file unless `overwrite`."""
+    output_path = os.fspath(output_path or os.path.splitext(input_path)[0] + ".keras")
+    cli.check_output_file(output_path, overwrite)
+    if not output_path.endswith(OUTPUT_EXTENSIONS):
+        raise ValueError("{}: expected an output ending with .keras or .h5".format(output_path))
+    return output_path
+
+
+def convert(input_path, output_path=None, name=None, emb_shape=None, bn_momentum=0.9, num_parity_images=8, overwrite=False):
     """Convert an arcface_torch `.pth` / insightface `.onnx` into a saved Keras basic model (`.keras` / `.h5`).
 
     ONNX sources are compared with onnxruntime (when installed) on `num_parity_images` random faces before anything
-    is written: min cosine >= 0.9999 or nothing is written. Returns the output path.
+    is written: min cosine >= 0.9999 or nothing is written. An existing output is kept (FileExistsError, checked before
+    the source is read) unless `overwrite`. Returns the output path.
     Usage: convert("backbone.pth", "r100.keras")
     """
     from . import face_io, parity
 
     input_path = os.fspath(input_path)
-    output_path = os.fspath(output_path or os.path.splitext(input_path)[0] + ".keras")
-    if not output_path.endswith((".keras", ".h5")):
-        raise ValueError("{}: expected an output ending with .keras or .h5".format(output_path))
+    cli.check_number("bn_momentum", bn_momentum, minimum=0, maximum=1)
+    cli.check_number("num_parity_images", num_parity_images, minimum=0)
+    output_path = _check_output(input_path, output_path, overwrite)
     model = build_from_insightface(input_path, name=name, emb_shape=emb_shape, bn_momentum=bn_momentum)
     print(">>>> Converted {} into {} ({} parameters), input normalization (x - {}) / {}".format(
         input_path, model.name, model.count_params(), *face_io.model_normalization(model)))
@@ -100,11 +114,13 @@ def convert(input_path, output_path=None, name=None, emb_shape=None, bn_momentum
 
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(
+        prog=cli.prog_name(SCRIPT),
         description="Convert insightface weights (arcface_torch backbone.pth, insightface ONNX recognition model) into a Keras basic model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("-i", "--input", required=True, help="arcface_torch state dict (.pth / .pt) or insightface ONNX model (.onnx)")
     parser.add_argument("-o", "--output", default=None, help="Keras basic model to write (.keras / .h5), default beside the input: <input>.keras")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (else it is kept and nothing is done)")
     parser.add_argument("-n", "--name", default=None, help="network name (r18 ... r200, mbf, mbf_large), default read from the file")
     parser.add_argument("--bn_momentum", type=float, default=0.9, help="BatchNorm momentum for fine-tuning (arcface_torch: 0.9)")
     parser.add_argument("--num_parity_images", type=int, default=8, help="random faces for the ONNX parity check (0: none)")
@@ -114,7 +130,7 @@ def parse_arguments(argv=None):
 def main(argv=None):
     """The command line of convert_insightface.py (console script keras-insightface-convert-insightface)."""
     args = parse_arguments(argv)
-    return cli.run("convert_insightface.py", convert, args.input, args.output, args.name, None, args.bn_momentum, args.num_parity_images)
+    return cli.run(SCRIPT, convert, args.input, args.output, args.name, None, args.bn_momentum, args.num_parity_images, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from .parity import (  # noqa: F401  (export.<name> as before parity.py held the
 FORMATS = ("tflite", "onnx")
 MODEL_EXTENSIONS = (".h5", ".keras")
 DEFAULT_ONNX_OPSET = 13  # runs on every onnxruntime release of the last years, CPU provider included
+MIN_ONNX_OPSET = 7  # onnxruntime runs opset 7 and later; tf2onnx reads opset 0 as "its default" (15), not 0
+SCRIPT = "export.py"
 
 
 # ---------------------------------------------------------------- loading the basic model
@@ -363,10 +365,32 @@ def to_tflite_bytes(model, quantization="float32", representative_images=None):
         return converter.convert()
 
 
-def _default_output_path(model_or_path, model, suffix):
-    if isinstance(model_or_path, (str, os.PathLike)):
-        return os.path.splitext(os.fspath(model_or_path))[0] + suffix
-    return model.name + suffix
+def supported_onnx_opsets():
+    """(lowest, highest) ONNX opset an export may use: the lowest onnxruntime runs, the highest tf2onnx knows.
+
+    Usage: low, high = supported_onnx_opsets()
+    """
+    tf2onnx = cli.require("tf2onnx", "onnx", "ONNX export")
+    return MIN_ONNX_OPSET, max(tf2onnx.constants.OPSET_TO_IR_VERSION)
+
+
+def check_onnx_opset(opset):
+    """Refuse an opset outside `supported_onnx_opsets()` (ValueError naming the range).  Usage: check_onnx_opset(13)"""
+    low, high = supported_onnx_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not low <= opset <= high:
+        raise ValueError("opset={!r}: ONNX export supports opsets {} (the lowest onnxruntime runs) to {} (the highest the "
+                         "installed tf2onnx knows)".format(opset, low, high))
+    return int(opset)
+
+
+def _output_path(model_or_path, output_path, suffix, overwrite):
+    """`output_path`, by default beside the model file (`<model><suffix>`; `<model name><suffix>` for a keras.Model),
+    checked by cli.check_output_file: an existing file is kept unless `overwrite`, a directory is refused."""
+    if output_path is None and isinstance(model_or_path, (str, os.PathLike)):
+        output_path = os.path.splitext(os.fspath(model_or_path))[0] + suffix
+    elif output_path is None:
+        output_path = model_or_path.name + suffix
+    return cli.check_output_file(os.fspath(output_path), overwrite)
 
 
 def convert_tflite(
@@ -377,22 +401,26 @@ def convert_tflite(
     num_parity_images=64,
     bin_file=None,
     num_representative_images=200,
+    overwrite=False,
 ):
     """Convert a basic model to TFLite, check parity, write `output_path` atomically and return it.
 
     quantization: "float32", "float16", "dynamic" (int8 weights, float activations), or full-integer
         "uint8" / "int8" (integer input and output too) calibrated on `representative_data`
         (an image folder, a .bin, or a uint8 array; falls back to `bin_file`).
-    output_path: default `<model>.tflite` for float32, `<model>_<quantization>.tflite` otherwise.
+    output_path: default `<model>.tflite` for float32, `<model>_<quantization>.tflite` otherwise, beside the model
+        file; an existing file is kept (FileExistsError) unless `overwrite`.
     Parity: cosine of Keras vs TFLite embeddings on `num_parity_images` images; float32 needs
         min >= 0.9999, float16 >= 0.999, else ParityError and nothing is written.
     Usage: convert_tflite("basic_model.h5", quantization="uint8", representative_data="faces/", bin_file="lfw.bin")
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError("quantization must be one of {}, got {!r}".format(", ".join(QUANTIZATIONS), quantization))
-    model = load_basic_model(model_or_path)
+    cli.check_number("num_parity_images", num_parity_images, minimum=1)
+    cli.check_number("num_representative_images", num_representative_images, minimum=1)
     suffix = ".tflite" if quantization == "float32" else "_{}.tflite".format(quantization)
-    output_path = os.fspath(output_path or _default_output_path(model_or_path, model, suffix))
+    output_path = _output_path(model_or_path, output_path, suffix, overwrite)
+    model = load_basic_model(model_or_path)
     image_size = tuple(model.inputs[0].shape[1:3])
     representative_images, representative_name = None, None
     if quantization in INTEGER_QUANTIZATIONS:
@@ -435,7 +463,7 @@ def to_onnx_bytes(model, opset=DEFAULT_ONNX_OPSET, nchw=False, input_name="input
     """
     tf2onnx = cli.require("tf2onnx", "onnx", "ONNX export")
     serve = _serving_function(model, tuple(model.inputs[0].shape[1:]), nchw=nchw, input_name=input_name)
-    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=int(opset))
+    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=check_onnx_opset(opset))
     return _rename_onnx_io(model_proto).SerializeToString()
 
 
@@ -448,16 +476,21 @@ def convert_onnx(
     representative_data=None,
     num_parity_images=64,
     bin_file=None,
+    overwrite=False,
 ):
     """Convert a basic model to ONNX, check parity (min cosine >= 0.9999), write `output_path` atomically and return it.
 
     Input `input_name` ("input"; "data" for insightface-style tools), float32 [batch, H, W, 3] fed
     `(x - 127.5) / 128`, or with `nchw=True` [batch, 3, H, W] fed `(x - 127.5) / 127.5` like insightface
     models; the output is named "embedding". Parity images: `representative_data`, else `bin_file`, else synthetic.
+    `opset` must be in `supported_onnx_opsets()`; `output_path` (default `<model>.onnx` beside the model file) is
+    kept when it exists unless `overwrite`.
     Usage: convert_onnx("basic_model.h5", nchw=True, bin_file="lfw.bin")
     """
+    opset = check_onnx_opset(opset)
+    cli.check_number("num_parity_images", num_parity_images, minimum=1)
+    output_path = _output_path(model_or_path, output_path, ".onnx", overwrite)
     model = load_basic_model(model_or_path)
-    output_path = os.fspath(output_path or _default_output_path(model_or_path, model, ".onnx"))
     inputs = _verification_inputs(representative_data, bin_file, num_parity_images, tuple(model.inputs[0].shape[1:3]))
     print(">>>> Converting {} to ONNX opset {} ({})".format(model.name, opset, "NCHW" if nchw else "NHWC"))
     content = to_onnx_bytes(model, opset=opset, nchw=nchw, input_name=input_name)
@@ -472,6 +505,7 @@ def convert_onnx(
 # ---------------------------------------------------------------- CLI
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(
+        prog=cli.prog_name(SCRIPT),
         description="Export a saved basic model (.h5 / .keras) to TFLite or ONNX, with a parity check before writing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -479,17 +513,19 @@ def parse_arguments(argv=None):
     parser.add_argument("-f", "--format", choices=FORMATS, default="tflite", help="export format")
     parser.add_argument("-q", "--quantization", choices=list(QUANTIZATIONS), default="float32", help="TFLite conversion type")
     parser.add_argument("-o", "--output", default=None, help="output file, default beside the model: <model>[_<quantization>].tflite / <model>.onnx")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (else it is kept and the export refused)")
     parser.add_argument("-r", "--representative_data", default=None, help="image folder or .bin: calibration for uint8 / int8, and parity images")
     parser.add_argument("-b", "--bin_file", default=None, help=".bin to compare the verification accuracy of the Keras and the exported model")
     parser.add_argument("-n", "--num_parity_images", type=int, default=64, help="images for the cosine parity check")
     parser.add_argument("--nchw", action="store_true", help="ONNX: NCHW input [batch, 3, H, W] fed (x - 127.5) / 127.5, insightface style")
-    parser.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET, help="ONNX opset, {} to the highest the installed tf2onnx knows (18 for 1.17)".format(MIN_ONNX_OPSET))
     parser.add_argument("--input_name", default="input", help="ONNX input name, e.g. 'data' for insightface-style tools")
     return parser.parse_args(argv)
 
 
 def _export(args):
-    common = dict(output_path=args.output, representative_data=args.representative_data, num_parity_images=args.num_parity_images, bin_file=args.bin_file)
+    common = dict(output_path=args.output, representative_data=args.representative_data, num_parity_images=args.num_parity_images,
+                  bin_file=args.bin_file, overwrite=args.overwrite)
     if args.format == "tflite":
         return convert_tflite(args.model_file, quantization=args.quantization, **common)
     return convert_onnx(args.model_file, opset=args.opset, nchw=args.nchw, input_name=args.input_name, **common)
@@ -497,7 +533,7 @@ def _export(args):
 
 def main(argv=None):
     """The command line of export.py (console script keras-insightface-export)."""
-    return cli.run("export.py", _export, parse_arguments(argv))
+    return cli.run(SCRIPT, _export, parse_arguments(argv))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Usage:
 """
 import contextlib
 import os
+import re
 import tempfile
 
 
@@ -15,21 +16,39 @@ def atomic_path(path, suffix=None):
 
     The temporary name keeps `path`'s extension (or `suffix`) so that writers which
     choose the format by extension (Keras `.h5` / `.keras`, numpy `.npz`) still work.
-    A crash or exception leaves `path` untouched and removes the temporary file.
+    A crash or exception leaves `path` untouched and removes the temporary file. An OS error of the
+    write itself (read-only, full disk: no file named, or the temporary one) is raised naming `path`.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix, dir=folder)
-    os.close(fd)
-    os.remove(tmp)  # writers such as h5py refuse to open an existing empty file in some modes
+    folder, tmp = os.path.dirname(os.path.abspath(path)), None
+    prefix = "." + os.path.basename(path) + "."
     try:
+        os.makedirs(folder, exist_ok=True)
+        suffix = os.path.splitext(path)[1] if suffix is None else suffix
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + suffix, dir=folder)
+        os.close(fd)
+        os.remove(tmp)  # writers such as h5py refuse to open an existing empty file in some modes
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        raise _naming_the_output(error, os.path.join(folder, prefix), path) from error
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _naming_the_output(error, temporary_prefix, path):
+    """`error` as the failed write of `path` when it names no file or a temporary one (`temporary_prefix...`): an OS
+    error keeps its errno; a plain OSError without one (h5py: "File write failed") gets `path` in front."""
+    named = error.filename
+    if named is not None and not str(named).startswith(temporary_prefix):
+        return error
+    if error.errno is not None:
+        renamed = OSError(error.errno, error.strerror, path)  # OSError(errno, ...) is the errno's subclass
+        return renamed if type(renamed) is type(error) else error
+    if type(error) is not OSError or path in str(error):
+        return error
+    return OSError("{}: could not be written ({})".format(path, error))
 
 
 def atomic_write_bytes(path, data):
@@ -60,6 +79,17 @@ def name_of_several(stems, joiner="_vs_", limit=150):
         return name
     digest = hashlib.sha1("\n".join(stems).encode("utf-8")).hexdigest()[:8]
     return "{}_and_{}_more_{}".format(stems[0], len(stems) - 1, digest)
+
+
+def name_beside(source, parts, extension):
+    """`<source>_<part>_..._<part><extension>` beside `source` (a folder, or a file whose extension is dropped): a tool's
+    output named by its dataset's full path, so that two datasets of one name never share it. Characters that do not
+    belong in a file name become `_` in the parts.
+    Usage: name_beside("/d/train/", ["r100", "topK3"], ".npz") -> "/d/train_r100_topK3.npz"
+    """
+    source = os.path.normpath(os.fspath(source))
+    stem = os.path.splitext(source)[0] if os.path.isfile(source) else source
+    return "_".join([stem, *(re.sub(r"[^\w.-]", "_", str(part)) for part in parts)]) + extension
 
 
 _SAFE_PICKLE_GLOBALS = {

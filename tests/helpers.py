@@ -1,5 +1,11 @@
-"""Small data and models shared by the tests: image files and image folders (`root/<class>/<n>.jpg`), a tiny basic model."""
+"""Small data and models shared by the tests: image files and image folders (`root/<class>/<n>.jpg`), a tiny basic
+model; a full disk and a read-only folder, simulated."""
+import contextlib
+import errno
 import os
+import resource
+import signal
+import tempfile
 
 import cv2
 import keras
@@ -84,3 +90,31 @@ def tiny_basic_model(emb=EMB, l2=0):
     nn = keras.layers.Dense(emb, kernel_regularizer=regularizer)(nn)
     nn = keras.layers.BatchNormalization(name="embedding")(nn)
     return keras.Model(inputs, nn, name="tiny")
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """Within the block a write past `nbytes` of any file fails at the OS level (EFBIG), as writes fail on a full disk:
+    Python's write, numpy's zip, h5py and TensorFlow's C++ writers all meet it. SIGXFSZ is ignored meanwhile."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def make_read_only(monkeypatch, folder):
+    """Creating a file in `folder` fails with EROFS, as on a read-only file system (the tests may run as root, for
+    whom permissions do not stop a write): `tempfile.mkstemp`, through which every atomic write goes, raises it."""
+    real_mkstemp = tempfile.mkstemp
+    folder = os.path.abspath(folder)
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+        if dir is not None and os.path.abspath(dir) == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, (prefix or "") + "abcdef" + (suffix or "")))
+        return real_mkstemp(suffix, prefix, dir, text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)

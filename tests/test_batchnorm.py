@@ -1,6 +1,5 @@
 """Tests for batchnorm.py: the fused BatchNormalization against NumPy formulas and the stock Keras layer,
 its fallbacks, mixed precision, saving, and the swap of a model's BatchNorm layers."""
-import os
 
 import keras
 import numpy as np

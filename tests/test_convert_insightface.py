@@ -364,3 +364,45 @@ def test_export_nchw_round_trip_is_what_insightface_accepts(tmp_path):
     assert difference < TOLERANCE
     interf = model_interf.load_model_interf(path)  # and our own tools feed it the same way
     assert (interf.input_layout, interf.mean, interf.std) == ("NCHW", 127.5, 127.5)
+
+
+# ---------------------------------------------------------------- the output of the command line
+def last_error_line(capsys):
+    return capsys.readouterr().err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+
+
+def test_an_existing_output_is_kept_unless_overwrite_and_checked_first(mbf, tmp_path, capsys):
+    output = tmp_path / "mbf.keras"
+    output.write_bytes(b"an earlier conversion")
+    assert convert_insightface.main(["-i", mbf.pth, "-o", str(output)]) == 2
+    assert last_error_line(capsys) == (
+        "convert_insightface.py: error: output file {}: already exists; it is kept (pass --overwrite to replace it)".format(output))
+    assert convert_insightface.main(["-i", str(tmp_path / "not_read.pth"), "-o", str(output)]) == 2  # before the source
+    assert "already exists" in last_error_line(capsys) and output.read_bytes() == b"an earlier conversion"
+    assert convert_insightface.main(["-i", mbf.pth, "-o", str(output), "--overwrite"]) == 0
+    assert_same_embeddings(keras.models.load_model(str(output), compile=False), mbf, "mbf .pth -> overwritten .keras")
+    assert convert_insightface.main(["-i", mbf.pth, "-o", str(tmp_path)]) == 2
+    assert last_error_line(capsys) == "convert_insightface.py: error: output file {}: is a directory; give a file name".format(tmp_path)
+
+
+def test_a_full_disk_is_one_line_naming_the_output(mbf, tmp_path, capsys, monkeypatch):
+    """`.keras` only: HDF5 (h5py 3, an `.h5` output) may crash the process closing a file whose write failed."""
+    from tests.helpers import file_size_limit
+
+    output = tmp_path / "mbf.keras"
+    output.write_bytes(b"an earlier conversion")
+    monkeypatch.setattr("sys.argv", ["/usr/bin/keras-insightface-convert-insightface"])
+    with file_size_limit(4096):  # the zip writer of .keras meets EFBIG
+        assert convert_insightface.main(["-i", mbf.pth, "-o", str(output), "--overwrite"]) == 2
+    line = last_error_line(capsys)
+    assert line.startswith("keras-insightface-convert-insightface: error: {}: ".format(output)), line
+    assert output.read_bytes() == b"an earlier conversion" and os.listdir(tmp_path) == [output.name]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--bn_momentum", "1.5"], "bn_momentum=1.5: expected a number between 0 and 1"),
+    (["--num_parity_images", "-1"], "num_parity_images=-1: expected a number >= 0"),
+])
+def test_bad_numbers_are_one_line(tmp_path, capsys, argv, words):
+    assert convert_insightface.main(["-i", str(tmp_path / "any.onnx"), *argv]) == 2
+    assert last_error_line(capsys) == "convert_insightface.py: error: " + words

@@ -103,22 +103,85 @@ def test_npz_to_tfrecord_cli(faces, tmp_path):
     teacher_model().save(teacher_path)
     env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
     script = os.path.join(REPO, "data_distiller.py")
-    run = lambda *args: subprocess.run([sys.executable, script, *args], cwd=tmp_path, env=env, capture_output=True, text=True)  # noqa: E731
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    run = lambda *args: subprocess.run([sys.executable, script, *args], cwd=workdir, env=env, capture_output=True, text=True)  # noqa: E731
     made = run("-M", teacher_path, "-D", faces, "--save_npz", "-b", "8")
     assert made.returncode == 0, made.stderr[-2000:]
-    npz_name = "faces_shuffle_label_embs_normed_{}.npz".format(TEACHER_EMB)
-    assert ">>>> Output: " + npz_name in made.stdout
-    converted = run("-D", npz_name)
+    npz_path = str(tmp_path / "faces_teacher_shuffle_label_embs_normed_{}.npz".format(TEACHER_EMB))  # beside the dataset
+    assert ">>>> Output: " + npz_path in made.stdout
+    converted = run("-D", npz_path)
     assert converted.returncode == 0, converted.stderr[-2000:]
-    tfrecord = str(tmp_path / npz_name.replace(".npz", ".tfrecord"))
+    tfrecord = npz_path.replace(".npz", ".tfrecord")
+    assert ">>>> Output: " + tfrecord in converted.stdout and os.listdir(workdir) == []
     ds, _ = data.prepare_dataset(tfrecord, batch_size=18, is_train=False)
     _, (_, embeddings) = next(iter(ds))
-    stored = np.load(tmp_path / npz_name)
+    stored = np.load(npz_path)
     np.testing.assert_allclose(np.sort(embeddings.numpy(), axis=0), np.sort(stored["embeddings"], axis=0), atol=1e-6)
     help_text = run("-h").stdout
-    for flag in ("-D DATA_PATH", "-M MODEL_FILE", "-d DEST_FILE", "-b BATCH_SIZE", "-L LIMIT", "--use_fp16", "--save_npz"):
+    for flag in ("-D DATA_PATH", "-M MODEL_FILE", "-d DEST_FILE", "-b BATCH_SIZE", "-L LIMIT", "--use_fp16", "--save_npz", "--overwrite"):
         assert flag in help_text
     assert run("-D", faces).returncode != 0  # a folder needs a teacher
+
+
+def test_default_outputs_name_dataset_and_teacher_and_are_kept(tmp_path, capsys):
+    """Two datasets both named `faces` and two teachers give four files; a second run keeps the first's output."""
+    from tests.helpers import make_image_folder
+
+    teachers = []
+    for name in ("teacher_a", "teacher_b"):
+        teachers.append(str(tmp_path / (name + ".h5")))
+        teacher_model().save(teachers[-1])
+    datasets = [make_image_folder(str(tmp_path / where / "faces"), num_classes=2, images_per_class=2, seed=ii) for ii, where in enumerate("ab")]
+    outputs = [data_distiller.data_distiller(dataset, teacher, batch_size=4) for dataset in datasets for teacher in teachers]
+    expected = [str(tmp_path / where / "faces_{}_shuffle_label_embs_normed_{}.tfrecord".format(name, TEACHER_EMB))
+                for where in "ab" for name in ("teacher_a", "teacher_b")]
+    assert outputs == expected and all(os.path.isfile(path) and os.path.isfile(path + ".json") for path in expected)
+    before = open(expected[0], "rb").read()
+    with pytest.raises(FileExistsError, match="already exists; it is kept.*--overwrite"):
+        data_distiller.data_distiller(datasets[0], teachers[0], batch_size=4)
+    assert open(expected[0], "rb").read() == before
+    assert data_distiller.data_distiller(datasets[0], teachers[0], batch_size=4, overwrite=True) == expected[0]
+
+
+def test_overwriting_a_tfrecord_replaces_its_sidecar_too(faces, tmp_path):
+    dest = str(tmp_path / "embs.tfrecord")
+    data_distiller.data_distiller(faces, save_teacher(tmp_path, "wide.h5", emb=6), dest_file=dest, batch_size=8)
+    assert json.load(open(dest + ".json"))["emb_shape"] == 6
+    data_distiller.data_distiller(faces, save_teacher(tmp_path, "narrow.h5", emb=3), dest_file=dest, batch_size=8, overwrite=True)
+    assert json.load(open(dest + ".json"))["emb_shape"] == 3
+    ds, _ = data.prepare_dataset(dest, batch_size=18, is_train=False)
+    assert next(iter(ds))[1][1].shape == (18, 3)
+
+
+def save_teacher(folder, name, emb):
+    inputs = keras.Input((112, 112, 3))
+    model = keras.Model(inputs, keras.layers.Dense(emb, name="embedding")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model.save(str(folder / name))
+    return str(folder / name)
+
+
+def test_a_teacher_giving_nan_or_zero_embeddings_is_refused(faces, tmp_path):
+    inputs = keras.Input((112, 112, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    zeros = keras.Model(inputs, keras.layers.Dense(TEACHER_EMB, kernel_initializer="zeros", name="embedding")(pooled))
+    with pytest.raises(ValueError, match=r"teacher .*: 18 of 18 embeddings are NaN, inf or all zero \(first: "):
+        data_distiller.data_distiller(faces, zeros, dest_file=str(tmp_path / "zeros.tfrecord"), batch_size=32)
+    nan_layer = keras.layers.Dense(TEACHER_EMB, bias_initializer=keras.initializers.Constant(float("nan")), name="embedding")
+    with pytest.raises(ValueError, match="NaN, inf or all zero"):
+        data_distiller.data_distiller(faces, keras.Model(inputs, nan_layer(pooled)), dest_file=str(tmp_path / "nan.tfrecord"))
+    assert sorted(os.listdir(tmp_path)) == ["faces", os.path.basename(data.cache_path_of(faces))]  # no output written
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-b", "0"], "batch_size=0: expected a number >= 1"),
+    (["-L", "-5"], "limit=-5: expected a number of images, or -1 / 0 for all of them"),
+])
+def test_bad_numbers_are_one_line(faces, tmp_path, capsys, argv, words):
+    teacher = save_teacher(tmp_path, "teacher.h5", emb=TEACHER_EMB)
+    assert data_distiller.main(["-M", teacher, "-D", faces, "-d", str(tmp_path / "out.tfrecord"), *argv]) == 2
+    assert capsys.readouterr().err.endswith("data_distiller.py: error: {}\n".format(words))
+    assert not os.path.exists(tmp_path / "out.tfrecord")
 
 
 def test_distill_training_brings_student_towards_teacher(faces, tmp_path, monkeypatch):

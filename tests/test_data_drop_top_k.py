@@ -76,7 +76,7 @@ def test_saved_model_file_and_cli(noisy_dataset, tmp_path):
     assert ">>>> Total images: 9, kept: 8, dropped: 1" in result.stdout
     assert len(np.load(dest)["image_names"]) == 8
     help_text = subprocess.run([sys.executable, script, "-h"], env=env, capture_output=True, text=True).stdout
-    for flag in ("-M MODEL_FILE", "-D DATA_PATH", "-d DEST_FILE", "-t DEG_THRESH", "-L LIMIT", "NOT basic_model"):
+    for flag in ("-M MODEL_FILE", "-D DATA_PATH", "-d DEST_FILE", "-t DEG_THRESH", "-L LIMIT", "NOT basic_model", "--overwrite"):
         assert flag in help_text
 
 
@@ -103,3 +103,60 @@ def test_train_continues_on_the_cleaned_dataset(noisy_dataset, tmp_path, monkeyp
     assert tt.data_path == new_path and tt.classes == 2
     tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 1, "bottleneckOnly": True}], 0)
     assert tuple(tt.output_layer.w.shape) == (3, 2)  # back to one center per class
+
+
+def test_default_output_is_beside_the_dataset_and_names_it_and_the_model(tmp_path, monkeypatch):
+    """Two datasets both named `train` get two files; the cwd gets none; a second run keeps the first's output."""
+    from tests.helpers import make_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    model = sub_center_model()
+    datasets = [make_image_folder(str(tmp_path / where / "train"), num_classes=2, images_per_class=2, seed=ii) for ii, where in enumerate("ab")]
+    outputs = [data_drop_top_k.data_drop_top_k(model, dataset, deg_thresh=180) for dataset in datasets]
+    assert outputs == [str(tmp_path / where / "train_{}_topK3_deg180.npz".format(model.name)) for where in "ab"]
+    for dataset, output in zip(datasets, outputs):
+        assert all(name.startswith(dataset + os.sep) for name in np.load(output)["image_names"])
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+    with open(outputs[0], "wb") as ff:
+        ff.write(b"the user's earlier result")
+    with pytest.raises(FileExistsError, match="train_{}_topK3_deg180.npz: already exists; it is kept".format(model.name)):
+        data_drop_top_k.data_drop_top_k(model, datasets[0], deg_thresh=180)
+    assert open(outputs[0], "rb").read() == b"the user's earlier result"
+    assert data_drop_top_k.data_drop_top_k(model, datasets[0], deg_thresh=180, overwrite=True) == outputs[0]
+    assert len(np.load(outputs[0])["image_names"]) == 4
+
+
+def test_default_output_of_a_model_file_and_an_npz_dataset(noisy_dataset, tmp_path):
+    model_path = str(tmp_path / "TT_topk.h5")
+    sub_center_model().save(model_path)
+    dataset = str(tmp_path / "listed.npz")
+    np.savez(dataset, image_names=np.array([os.path.join(noisy_dataset, "0", "red_0.jpg")]), image_classes=np.array([0]))
+    assert data_drop_top_k.main(["-M", model_path, "-D", dataset, "-t", "12.5"]) == 0
+    assert os.path.isfile(str(tmp_path / "listed_TT_topk_topK3_deg12.5.npz"))
+
+
+def test_a_head_with_fewer_classes_than_the_data_is_one_line(noisy_dataset, tmp_path, capsys):
+    from tests.helpers import make_image_folder
+
+    model_path = str(tmp_path / "two_classes.h5")
+    sub_center_model().save(model_path)
+    three_classes = make_image_folder(str(tmp_path / "three"), num_classes=3, images_per_class=1)
+    assert data_drop_top_k.main(["-M", model_path, "-D", three_classes]) == 2
+    assert capsys.readouterr().err.endswith(
+        "data_drop_top_k.py: error: {}: its NormDense head has 2 classes, but the dataset {} has 3; clean the dataset the "
+        "model was trained on\n".format(model_path, three_classes))
+    assert not [name for name in os.listdir(tmp_path) if name.endswith("_topK3_deg75.npz")]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-t", "200"], "deg_thresh=200.0: expected a number between 0 and 180"),
+    (["-t", "nan"], "deg_thresh=nan: expected a number between 0 and 180"),
+    (["-L", "-1"], "limit=-1: expected a number >= 0"),
+])
+def test_bad_numbers_are_one_line(noisy_dataset, tmp_path, capsys, argv, words):
+    model_path = str(tmp_path / "topk.h5")
+    sub_center_model().save(model_path)
+    assert data_drop_top_k.main(["-M", model_path, "-D", noisy_dataset, "-d", str(tmp_path / "out.npz"), *argv]) == 2
+    assert capsys.readouterr().err == "data_drop_top_k.py: error: {}\n".format(words)
+    assert not os.path.exists(tmp_path / "out.npz")

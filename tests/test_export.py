@@ -246,3 +246,66 @@ def test_cli_exports_tflite(saved_models, tmp_path, capsys):
     assert export.main(["-m", saved_models["prelu_gdc"], "-f", "tflite", "-q", "float32", "-o", output, "-r", LFW_BIN, "-n", "8"]) == 0
     assert ">>>> Parity tflite float32 on 8 images from lfw.bin" in capsys.readouterr().out
     assert os.path.getsize(output) > 0
+
+
+# ---------------------------------------------------------------- hostile command lines
+def _cli_error(argv, capsys):
+    """(exit status, last stderr line) of export.main."""
+    status = export.main(argv)
+    return status, capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+
+
+@pytest.mark.parametrize("opset", ["0", "6", "19", "-1"])
+def test_onnx_opsets_outside_the_supported_range_are_refused_before_converting(saved_models, tmp_path, capsys, opset):
+    import tf2onnx
+
+    highest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)  # tf2onnx's own table of the opsets it can write
+    output = tmp_path / "model.onnx"
+    status, line = _cli_error(["-m", saved_models["se"], "-f", "onnx", "--opset", opset, "-o", str(output)], capsys)
+    assert status == 2 and line == (
+        "export.py: error: opset={}: ONNX export supports opsets 7 (the lowest onnxruntime runs) to {} (the highest the "
+        "installed tf2onnx knows)".format(opset, highest))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="opset=0: ONNX export supports opsets 7"):
+        export.to_onnx_bytes(keras.models.load_model(saved_models["se"], compile=False), opset=0)
+
+
+@pytest.mark.parametrize("opset", [7, 18])
+def test_the_ends_of_the_opset_range_export_and_run(saved_models, tmp_path, opset):
+    import onnx
+
+    output = export.convert_onnx(saved_models["se"], str(tmp_path / "model.onnx"), opset=opset, num_parity_images=4)
+    assert [entry.version for entry in onnx.load(output).opset_import if entry.domain in ("", "ai.onnx")] == [opset]
+
+
+@pytest.mark.parametrize("name", ["random.keras", "random.h5"])
+def test_a_model_file_of_random_bytes_is_one_line(tmp_path, capsys, name):
+    model_file = tmp_path / name
+    model_file.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    status, line = _cli_error(["-m", str(model_file), "-f", "onnx"], capsys)
+    assert status == 2 and line.startswith("export.py: error: {}: not a readable Keras model".format(model_file))
+    assert os.listdir(tmp_path) == [name]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-n", "0"], "num_parity_images=0: expected a number >= 1"),
+    (["-n", "-3", "-f", "onnx"], "num_parity_images=-3: expected a number >= 1"),
+])
+def test_bad_numbers_are_one_line(saved_models, tmp_path, capsys, argv, words):
+    status, line = _cli_error(["-m", saved_models["se"], "-o", str(tmp_path / "out.file"), *argv], capsys)
+    assert status == 2 and line == "export.py: error: " + words
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_default_output_beside_the_model_is_kept_unless_overwrite(saved_models, tmp_path, capsys):
+    import shutil
+
+    model_file = str(tmp_path / "se.keras")
+    shutil.copy(saved_models["se"], model_file)
+    (tmp_path / "se_float16.tflite").write_bytes(b"earlier export")
+    status, line = _cli_error(["-m", model_file, "-q", "float16", "-n", "2"], capsys)
+    assert status == 2 and line == "export.py: error: output file {}: already exists; it is kept (pass --overwrite to replace it)".format(
+        tmp_path / "se_float16.tflite")
+    assert (tmp_path / "se_float16.tflite").read_bytes() == b"earlier export"
+    assert export.main(["-m", model_file, "-q", "float16", "-n", "2", "--overwrite"]) == 0
+    assert (tmp_path / "se_float16.tflite").read_bytes()[4:8] == b"TFL3"  # the flatbuffer identifier of a TFLite model
