@@ -7,7 +7,8 @@ Each training step keeps every class that has a sample in the batch (the positiv
 the positives alone are more than `num_sample`, all of them and nothing else. Labels are remapped to positions in
 that sorted index. Only the sampled kernel rows take part (a gather, so the kernel's gradient is an
 `IndexedSlices`), and `rows_only(optimizer)` makes SGD / Adam / AdamW (Keras' and `optimizers.SGDW / AdamW`) update
-those rows only: the other rows of the kernel and of its slot variables stay bit-identical. See docs/partial_fc.md.
+those rows only: the other rows of the kernel and of its slot variables stay bit-identical (`row_updates.py`).
+`PartialFCHead` is the output-head kind `Train(partial_fc_sample_rate=r)` builds. See docs/partial_fc.md.
 
 Usage:
     labels = keras.Input((), dtype="int32", name="label")

@@ -10,7 +10,8 @@ an all-sum and the replica's slice), so each backbone replica receives the gradi
 shard. The backbone is updated by the compiled Keras optimizer; each shard by the same rule, run here on the shard
 (`row_updates.ROW_RULES`). Checkpoints hold the dense form: `dense_model()` is the basic model + `NormDense` with the full
 kernel, `dense_optimizer()` the compiled optimizer with the head's full slot matrices (the layout a dense run saves);
-`load_checkpoint` splits them again for any number of replicas. See docs/distributed.md, "Sharded class centers".
+`load_checkpoint` splits them again for any number of replicas. `ShardedHead` is the output-head kind
+`Train(shard_centers=True)` builds under more than one replica. See docs/distributed.md, "Sharded class centers".
 
 Usage:
     strategy = tf.distribute.MirroredStrategy()
