@@ -13,11 +13,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from . import face_io, recordio
+from .npz_lists import MAX_CLASS_ID
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MAX_LABEL = 2**31 - 1  # training labels are int32
 CHECK_CHUNK = 256  # records read in a row, then decoded in parallel threads (OpenCV releases the GIL)
 
 DatasetLimits = collections.namedtuple("DatasetLimits", ["num_classes", "announced_by", "image_size", "size_by"])
@@ -87,7 +87,7 @@ def _checked_label(reader, key, offset, header, limits):
         raise reader.error(offset, "key {}: class label {} is not an integer >= 0".format(key, label))
     if limits.num_classes is not None and label >= limits.num_classes:
         raise reader.error(offset, "key {}: class label {} is not below the {} classes of {}".format(key, int(label), limits.num_classes, limits.announced_by))
-    if label > MAX_LABEL:
+    if label > MAX_CLASS_ID:
         raise reader.error(offset, "key {}: class label {} is beyond the int32 labels training uses".format(key, int(label)))
     return int(label)
 
