@@ -433,6 +433,8 @@ def prepare(dataset_dir, save_dir=None, test_bins=(), limit=0, tfrecord=False, s
     done, or when `test_bins` are given and there is no train.rec).
     Usage: prepare("/datasets/faces_emore", test_bins=["cfp_fp.bin"], tfrecord=True)
     """
+    if limit < 0:
+        raise ValueError("-L/--limit: expected a number of images >= 0 (0: all), got {}".format(limit))
     if tfrecord and limit:
         raise ValueError("-L/--limit is a quick look at image folders; it does not combine with --tfrecord")
     for path in resolve_bin_paths(dataset_dir, test_bins):

@@ -423,3 +423,25 @@ def test_fixture_bins_convert_keeping_the_original(tmp_path):
     assert (dataset_dir / "cfp_fp.orig.bin").read_bytes() == original
     with open(dataset_dir / "cfp_fp.bin", "rb") as ff:
         assert pickle.load(ff)[1] == EXPECTED["cfp_fp_issame"]
+
+
+# ---- arguments and small files ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, part", [
+    (["-L", "-1"], "-L/--limit: expected a number of images >= 0 (0: all), got -1"),
+    (["--tfrecord", "--shard_images", "0"], "--shard_images: expected a number of images per shard > 0, got 0"),
+    (["-T", "."], "faces_rec/.: is a directory"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, argv, part):
+    dataset_dir = copy_fixture(tmp_path)
+    assert_cli_error(["-D", dataset_dir] + argv, capsys, part)
+    assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
+
+
+@pytest.mark.parametrize("text", ["0,112,112", "6,-1,112", "6,112"])
+def test_malformed_property_is_named_before_the_long_work(tmp_path, capsys, text):
+    dataset_dir = copy_fixture(tmp_path)
+    (dataset_dir / "property").write_text(text)
+    assert_cli_error(["-D", dataset_dir], capsys, "{}: expected".format(dataset_dir / "property"), repr(text))
+    assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
