@@ -9,7 +9,7 @@ same fingerprint.
 
 Usage:
     identity = extraction_output.source_identity("/datasets/faces_emore/train.rec")
-    extraction_output.claim("/datasets/faces_emore_112x112_folders", identity)
+    extraction_output.claim("/datasets/faces_emore_112x112_folders", identity, "folders")
 """
 import hashlib
 import json
@@ -19,6 +19,7 @@ from . import io_utils
 
 SOURCE_FILE = ".extraction_source.json"
 FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of train.rec
+KIND_NAMES = {"folders": "image folders", "shards": "TFRecord shards"}
 
 
 def source_identity(rec_path):
@@ -72,12 +73,12 @@ def refuse_other_source(save_dir, record, identity):
                          "output folder (-S) or remove that one".format(save_dir, record.get("source", "another dataset"), identity["source"]))
 
 
-def claim(save_dir, identity):
-    """Make `save_dir` the output folder of the dataset `identity`, or refuse it.
+def claim(save_dir, identity, kind):
+    """Make `save_dir` the output folder of the dataset `identity` written as `kind` ("folders" or "shards"), or refuse it.
 
-    A missing or empty folder is created and claimed; a folder already claimed by the same dataset is a rerun (True
-    is returned); one claimed by another dataset, or holding anything without a claim, is refused (ValueError) and
-    left as it is. Usage: resumed = claim("/datasets/faces_emore_112x112_folders", identity)
+    A missing or empty folder is created and claimed; a folder already claimed by the same dataset and kind is a rerun
+    (True is returned); one claimed by another dataset or for the other kind, or holding anything without a claim, is
+    refused (ValueError) and left as it is. Usage: resumed = claim("/datasets/faces_emore_112x112_folders", identity, "folders")
     """
     if os.path.exists(save_dir) and not os.path.isdir(save_dir):
         raise NotADirectoryError("output folder {}: is a file; give a folder (-S)".format(save_dir))
@@ -85,6 +86,9 @@ def claim(save_dir, identity):
     record = read_record(source_path)
     if record is not None:
         refuse_other_source(save_dir, record, identity)
+        if record.get("kind", kind) != kind:
+            raise ValueError("{}: holds the {} of {}; choose another output folder (-S) for its {}".format(
+                save_dir, KIND_NAMES.get(record["kind"], record["kind"]), identity["source"], KIND_NAMES.get(kind, kind)))
         return True
     found = sorted(os.listdir(save_dir)) if os.path.isdir(save_dir) else []
     leftovers = [name for name in found if name.startswith("." + SOURCE_FILE + ".")]  # a claim interrupted while written
@@ -94,19 +98,19 @@ def claim(save_dir, identity):
     if found:
         raise ValueError("{}: not empty ({} entries, e.g. {}) and not an extraction of {} (no {}); choose an empty or new "
                          "output folder (-S)".format(save_dir, len(found), found[0], identity["source"], SOURCE_FILE))
-    io_utils.atomic_write_text(source_path, json.dumps(identity, indent=1))
+    io_utils.atomic_write_text(source_path, json.dumps(dict(identity, kind=kind), indent=1))
     return False
 
 
-def read_completion(marker_path, identity):
+def read_completion(marker_path, identity, kind):
     """The completion record at `marker_path` (None when there is none), refused when it names another dataset than
-    `identity`; a folder completed before claims existed is claimed for `identity` on the way.
-    Usage: record = read_completion("/d/faces_emore_112x112_folders/.extraction_complete.json", identity)
+    `identity`; a folder completed before claims existed is claimed for `identity` and `kind` on the way.
+    Usage: record = read_completion("/d/faces_emore_112x112_folders/.extraction_complete.json", identity, "folders")
     """
     record = read_record(marker_path)
     save_dir = os.path.dirname(marker_path)
     if record is not None:
         refuse_other_source(save_dir, record, identity)
         if not os.path.exists(os.path.join(save_dir, SOURCE_FILE)):
-            io_utils.atomic_write_text(os.path.join(save_dir, SOURCE_FILE), json.dumps(identity, indent=1))
+            io_utils.atomic_write_text(os.path.join(save_dir, SOURCE_FILE), json.dumps(dict(identity, kind=kind), indent=1))
     return record

@@ -96,7 +96,7 @@ def _extraction_done(save_dir, identity):
     """True when `save_dir` holds the finished extraction of `identity`, its images as many and as large as its
     completion marker records. Another dataset's is refused; a changed one loses its marker and is checked again."""
     marker_path = os.path.join(save_dir, COMPLETION_MARKER)
-    record = extraction_output.read_completion(marker_path, identity)
+    record = extraction_output.read_completion(marker_path, identity, "folders")
     if record is None:
         return False
     count, total = image_tree_size(save_dir)
@@ -176,7 +176,7 @@ def extract_recordio(dataset_dir, save_dir=None, limit=0):
     with recordio.RecordReader(rec_path) as reader:
         entries = _indexed_entries(reader, limit)  # the file's structure is checked before anything is written
         limits = record_checks.dataset_limits(dataset_dir, reader)
-        extraction_output.claim(save_dir, identity)
+        extraction_output.claim(save_dir, identity, "folders")
         removed = remove_leftovers(save_dir)
         if removed:
             print(">>>> Removed {} temporary file(s) of an interrupted extraction in {}".format(removed, save_dir))
@@ -260,7 +260,7 @@ def _shards_done(save_dir, identity):
     """True when `save_dir` holds the complete shard set of `identity` (every shard of the size its description
     records). Another dataset's is refused; an incomplete or changed one loses its description and is written again."""
     description_path = os.path.join(save_dir, data.SHARDS_DESCRIPTION)
-    if extraction_output.read_completion(description_path, identity) is None:
+    if extraction_output.read_completion(description_path, identity, "shards") is None:
         return False
     try:
         data.read_shard_description(description_path)
@@ -302,7 +302,7 @@ def write_tfrecord_shards(dataset_dir, save_dir=None, shard_images=DEFAULT_SHARD
     with recordio.RecordReader(rec_path) as reader:
         entries = _indexed_entries(reader)  # the file's structure is checked before anything is written
         limits = record_checks.dataset_limits(dataset_dir, reader)
-        extraction_output.claim(save_dir, identity)
+        extraction_output.claim(save_dir, identity, "shards")
         print(">>>> Converting {} -> TFRecord shards in {}".format(rec_path, save_dir))
         with tqdm(total=len(entries), desc="Converting", unit="image") as bar:
             images = ((label, image) for _, label, image in _counted(record_checks.verified_images(reader, entries, limits), bar))

@@ -303,6 +303,19 @@ def test_folder_of_another_dataset_is_refused_and_untouched(tmp_path, capsys, tf
     assert tree_sha256(save_dir) == before
 
 
+@pytest.mark.parametrize("first", ["folders", "shards"])
+def test_folders_and_shards_of_one_dataset_never_share_a_folder(tmp_path, capsys, first):
+    dataset_dir = copy_fixture(tmp_path)
+    save_dir = tmp_path / "out"
+    shards = ["--tfrecord"]
+    assert prepare_data.main(["-D", str(dataset_dir), "-S", str(save_dir)] + (shards if first == "shards" else [])) == 0
+    before = tree_sha256(save_dir)
+    held, asked = ("image folders", "TFRecord shards") if first == "folders" else ("TFRecord shards", "image folders")
+    assert_cli_error(["-D", dataset_dir, "-S", save_dir] + (shards if first == "folders" else []), capsys,
+                     "{}: holds the {} of {}; choose another output folder (-S) for its {}".format(save_dir, held, dataset_dir / "train.rec", asked))
+    assert tree_sha256(save_dir) == before
+
+
 @pytest.mark.parametrize("tfrecord", [False, True], ids=["folders", "shards"])
 def test_non_empty_folder_without_a_claim_is_refused_and_untouched(tmp_path, capsys, tfrecord):
     dataset_dir = copy_fixture(tmp_path)
