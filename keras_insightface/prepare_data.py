@@ -382,10 +382,11 @@ def convert_bin(path, overwrite=False):
         print(">>>> {} already holds plain JPEG / PNG bytes, nothing to do".format(path))
         return False
     original = original_copy_path(path)
-    if not _same_content(original, path):
+    copied = _same_content(original, path)  # a conversion interrupted after the copy
+    if not copied:
         cli.check_output_file(original, overwrite, "copy of the original .bin")
     images = _plain_images(path, bins)
-    if not _same_content(original, path):
+    if not copied:
         io_utils.checked_write(original, lambda tmp: io_utils.link_or_copy(path, tmp), "copy of the original .bin")
     converted = (images, [bool(issame) for issame in issame_list])
     io_utils.checked_write(path, lambda tmp: _write_pickle(tmp, converted), ".bin file")
