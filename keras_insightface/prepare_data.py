@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cli, data, extraction_output, face_io, io_utils, record_checks, recordio
-from .record_checks import read_property  # noqa: F401  (prepare_data.read_property as before record_checks.py held it)
+from .record_checks import read_property
 
 COMPLETION_MARKER = ".extraction_complete.json"
 ORIGINAL_MARK = ".orig"  # cfp_fp.bin -> cfp_fp.orig.bin

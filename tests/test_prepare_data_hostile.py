@@ -16,7 +16,7 @@ import pytest
 
 from keras_insightface import extraction_output, prepare_data, recordio
 from tests.test_prepare_data import (
-    EXPECTED, EXPECTED_FILES, MARKERS, copy_fixture, fixture_offsets, image_files, pack_record, patch_bytes, shuffled_images, tree_sha256,
+    EXPECTED, EXPECTED_FILES, copy_fixture, fixture_offsets, image_files, pack_record, patch_bytes, shuffled_images, tree_sha256,
     write_idx, write_recordio,
 )
 
