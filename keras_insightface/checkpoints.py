@@ -44,7 +44,7 @@ import shutil
 import keras
 import numpy as np
 
-from .io_utils import atomic_path
+from .io_utils import atomic_path, link_or_copy
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_SUFFIX = "_state"
@@ -337,9 +337,9 @@ class RunCheckpoint:
         for path in self.run_files():
             target = os.path.join(partial, os.path.basename(path))
             if os.path.isdir(path):
-                shutil.copytree(path, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("*" + PARTIAL_SUFFIX))
+                shutil.copytree(path, target, copy_function=link_or_copy, ignore=shutil.ignore_patterns("*" + PARTIAL_SUFFIX))
             else:
-                _link_or_copy(path, target)
+                link_or_copy(path, target)
         os.replace(partial, kept)
         return kept
 
@@ -367,13 +367,6 @@ def remove_worse_best(paths, best_path):
     for path in paths:
         if os.path.abspath(path) != os.path.abspath(best_path) and float(BEST_BASIC_ACCURACY.search(path).group(1)) <= best:
             os.remove(path)
-
-
-def _link_or_copy(source, target):
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _link_into_place(source, target):

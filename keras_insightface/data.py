@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from . import face_io
+from . import face_io, npz_lists
 from .augment import (  # noqa: F401  (data.<name> as before augment.py held them: the same objects)
     AUGMENT_LEVELS, DEFAULT_RANDOM_CROP, LUMA_WEIGHTS, MIXUP_NO_MIX_ABOVE, RANDAUGMENT_LEVEL, RANDOM_CROP_LEVEL, _random_crop_resize,
     augmentation_steps, check_mixup_alpha, cutout_lower_part, make_augment, mixup, mixup_weights_and_partners,
@@ -33,7 +33,8 @@ from .augment import (  # noqa: F401  (data.<name> as before augment.py held the
 from .io_utils import atomic_path
 from .tfrecords import (  # noqa: F401  (data.<name> as before tfrecords.py held them: the same objects)
     DEFAULT_SHARD_SHUFFLE_BUFFER, SHARD_CYCLE_LENGTH, SHARD_FEATURES, SHARDS_DESCRIPTION, SHARDS_FORMAT, TFRECORD_DTYPES, _parse_shard_record,
-    _read_sidecar, _shard_records, _tfrecord_source, _worker_shard_files, read_shard_description, shard_description_path, shard_file_name,
+    _read_sidecar, _shard_records, _tfrecord_source, _worker_shard_files, check_distiller_records, read_shard_description, shard_description_path,
+    shard_file_name,
 )
 
 CACHE_SUFFIX = "_shuffle.npz"
@@ -80,6 +81,9 @@ def _class_ids(class_names, root):
     ids = [int(name) for name in class_names]
     first_name = {}
     for name, cid in zip(class_names, ids):
+        if cid > npz_lists.MAX_CLASS_ID:
+            raise ValueError("{}: class folder '{}' names class {}, beyond the int32 class ids training uses (at most {}); rename the "
+                             "folders to class indices, or label them with image_classes_rule".format(root, name, cid, npz_lists.MAX_CLASS_ID))
         if cid in first_name:
             raise ValueError("{}: class folders '{}' and '{}' both name class {}; rename one".format(root, first_name[cid], name, cid))
         first_name[cid] = name
@@ -154,27 +158,11 @@ def _glob_folder(root, image_names_reg, image_classes_rule):
     if image_names.size == 0:
         raise ValueError("{}: no images match '{}'".format(root, pattern))
     if image_classes_rule is not None:
-        return image_names, np.array([image_classes_rule(path) for path in image_names], dtype="int64")
+        return image_names, npz_lists.checked_class_ids([image_classes_rule(path) for path in image_names], root, "image_classes_rule's labels")
     folders = [os.path.basename(os.path.dirname(path)) for path in image_names]
     class_names = sorted(set(folders))
     class_of = dict(zip(class_names, _class_ids(class_names, root)))
     return image_names, np.array([class_of[folder] for folder in folders], dtype="int64")
-
-
-def _load_npz(data_path):
-    """(image_names, image_classes, embeddings or None) of an npz, checked: one class and one embedding per image."""
-    with np.load(data_path, allow_pickle=False) as loaded:
-        missing = [key for key in ("image_names", "image_classes") if key not in loaded]
-        if missing:
-            raise ValueError("{}: missing key(s) {}; expected image_names, image_classes[, embeddings]".format(data_path, missing))
-        image_names, image_classes = loaded["image_names"].astype(str), loaded["image_classes"].astype("int64")
-        embeddings = loaded["embeddings"] if "embeddings" in loaded else None
-    if len(image_classes) != len(image_names):
-        raise ValueError("{}: {} image_classes for {} image_names".format(data_path, len(image_classes), len(image_names)))
-    if embeddings is not None and (embeddings.ndim != 2 or len(embeddings) != len(image_names)):
-        raise ValueError("{}: embeddings of shape {} for {} images; expected one teacher embedding row per image".format(
-            data_path, embeddings.shape, len(image_names)))
-    return image_names, image_classes, embeddings
 
 
 def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None):
@@ -190,7 +178,7 @@ def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None)
     if data_path.endswith(".npz"):
         if not os.path.isfile(data_path):
             raise FileNotFoundError("Dataset file not found: {}".format(data_path))
-        image_names, image_classes, embeddings = _load_npz(data_path)
+        image_names, image_classes, embeddings = npz_lists.load_npz(data_path)
     elif not os.path.isdir(data_path):
         raise FileNotFoundError("Dataset folder not found: {} (expected <root>/<class>/<image>.jpg, a .npz or a .tfrecord)".format(data_path))
     elif image_names_reg or image_classes_rule:
@@ -199,9 +187,6 @@ def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None)
         (image_names, image_classes), embeddings = _scan_folder_cached(data_path), None
     if len(image_names) == 0:
         raise ValueError("{}: no images (no classes) in the dataset".format(data_path))
-    if image_classes.min() < 0:
-        raise ValueError("{}: {} image(s) have a negative class label (e.g. {}); expected class ids >= 0".format(
-            data_path, int((image_classes < 0).sum()), int(image_classes.min())))
     num_classes = int(image_classes.max()) + 1
     print(">>>> Image length: {}, num_classes: {}, embeddings: {}".format(len(image_names), num_classes, None if embeddings is None else embeddings.shape))
     return image_names, image_classes, embeddings, num_classes
@@ -499,6 +484,7 @@ def prepare_dataset_and_classes(
             ds = ds.map(lambda position, record: (position * shard_count + shard_index, record))
     elif data_path.endswith(".tfrecord"):
         info = _read_sidecar(data_path)
+        check_distiller_records(data_path, info)
         num_classes, num_images = int(info["num_classes"]), int(info["total_images"])
         num_positions = num_images
         _check_learnable(data_path, None, num_classes, is_train)

@@ -41,6 +41,17 @@ def best_threshold_accuracy(similarities, actual_issame):
     return correct[best] / len(similarities), float(thresholds[best])
 
 
+def check_both_pair_kinds(actual_issame, source):
+    """Refuse pairs that are all same-person or all different-person (ValueError naming `source` and the counts): a
+    verification accuracy there only says which way the threshold went (1.0 for any model).
+    Usage: check_both_pair_kinds(issame, "lfw.bin")
+    """
+    same = int(np.count_nonzero(actual_issame))
+    different = len(actual_issame) - same
+    if not same or not different:
+        raise ValueError("{}: {} same-person and {} different-person pairs; a verification score needs both kinds".format(source, same, different))
+
+
 def _rate(count, total):
     return count / total if total else np.zeros(np.shape(count))
 
@@ -106,6 +117,7 @@ def evaluate(embeddings, actual_issame, nrof_folds=10, pca=0):
     if nrof_pairs < nrof_folds:
         raise ValueError("evaluate: {} pairs cannot be split into nrof_folds={}".format(nrof_pairs, nrof_folds))
     embeddings_a, embeddings_b, actual_issame = embeddings_a[:nrof_pairs], embeddings_b[:nrof_pairs], actual_issame[:nrof_pairs]
+    check_both_pair_kinds(actual_issame, "evaluate")
     roc_thresholds, val_thresholds = np.arange(0, 4, 0.01), np.arange(0, 4, 0.001)
 
     distances = _pair_distances(embeddings_a, embeddings_b)
@@ -157,6 +169,7 @@ class eval_callback(keras.callbacks.Callback):
         super().__init__()
         self.test_names = os.path.splitext(os.path.basename(test_bin_file))[0]
         self.images, self.test_issame = face_io.load_bin(test_bin_file, image_size=_model_image_size(basic_model))
+        check_both_pair_kinds(self.test_issame, test_bin_file)
         self.basic_model = basic_model
         self.batch_size, self.save_model, self.eval_freq = batch_size, save_model, eval_freq
         self.flip, self.PCA_acc = flip, PCA_acc

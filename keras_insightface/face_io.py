@@ -17,6 +17,7 @@ Usage:
     images, issame = face_io.load_bin("lfw.bin")                        # uint8 [2N, 112, 112, 3], bool [N]
     embs = face_io.embed_images(basic_model, images, batch_size=64)       # L2-normalized [2N, D]
 """
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -190,6 +191,8 @@ def read_bin_pairs(path):
     Usage: bins, issame = read_bin_pairs("cfp_fp.bin")
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory, expected a .bin file", path)
     if not os.path.isfile(path):
         raise FileNotFoundError("{}: no such .bin file".format(path))
     bins, issame = check_pairs(io_utils.safe_load_pickle(path, encoding="bytes"), path)

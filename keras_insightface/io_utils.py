@@ -5,6 +5,7 @@ Usage:
         model.save(tmp)
 """
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -51,14 +52,47 @@ def _naming_the_output(error, temporary_prefix, path):
     return OSError("{}: could not be written ({})".format(path, error))
 
 
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` atomically; the temporary name `.<name>.<random>.tmp` has no data extension.
-
-    Usage: atomic_write_bytes("a.jpg", jpeg_bytes)
+def atomic_write_bytes(path, data, what="file"):
+    """Write `data` to `path` atomically through `checked_write`; the temporary name `.<name>.<random>.tmp` has no
+    data extension.  Usage: atomic_write_bytes("a.jpg", jpeg_bytes)
     """
-    with atomic_path(path, suffix="") as tmp:
+    checked_write(path, _write_bytes_to(data), what)
+
+
+def checked_write(path, write, what="output file", suffix=""):
+    """Write the file `path` through `write(temporary_path)`, atomically (`atomic_path`; the temporary name ends in
+    `.tmp<suffix>`, by default no data extension), or fail
+    naming `path`: a directory where the file goes is refused before anything is written, and an OSError of the
+    write (a full disk, a read-only folder) names `path` (`atomic_path`), the temporary file gone.
+
+    Usage: checked_write("out/0/1.jpg", lambda tmp: open(tmp, "wb").write(jpeg_bytes), "image")
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "{} {}: is a directory where the file goes".format(what, path), path)
+    with atomic_path(path, suffix=suffix) as tmp:
+        write(tmp)
+
+
+def _write_bytes_to(data):
+    def write(tmp):
         with open(tmp, "wb") as ff:
             ff.write(data)
+
+    return write
+
+
+def link_or_copy(source, target):
+    """Make `target` a hard link of `source` (no second copy on disk), or a copy (metadata too) where links are refused.
+
+    Usage: link_or_copy("cfp_fp.bin", "cfp_fp.orig.bin")
+    """
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def atomic_write_text(path, text):

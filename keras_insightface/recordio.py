@@ -57,7 +57,7 @@ def class_of(header):
 
 def read_index(idx_path):
     """Read a `.idx` file into {key: byte offset}, in file order.  Usage: offsets = read_index("train.idx")"""
-    offsets = {}
+    offsets, line_of = {}, {}
     with open(idx_path, "r") as ff:
         for line_no, line in enumerate(ff, start=1):
             if not line.strip():
@@ -69,7 +69,9 @@ def read_index(idx_path):
                 raise RecordIOError("{}, line {}: expected 'key<TAB>offset', got {!r}".format(idx_path, line_no, line.rstrip("\n"))) from None
             if offset < 0:
                 raise RecordIOError("{}, line {}: negative byte offset {} for key {}".format(idx_path, line_no, offset, key))
-            offsets[key] = offset
+            if key in offsets:
+                raise RecordIOError("{}, line {}: key {} is listed again (first on line {})".format(idx_path, line_no, key, line_of[key]))
+            offsets[key], line_of[key] = offset, line_no
     return offsets
 
 
@@ -116,8 +118,9 @@ class RecordReader:
         if beyond:
             raise self.error(min(beyond), "{} places a record there, past the end of the file ({} bytes)".format(self.idx_path, self.size))
 
-    def _read_part(self, offset):
-        """Read one physical record at `offset`: (continue flag, data, offset of the next record)."""
+    def _read_head(self, offset):
+        """Read the 8-byte head of the physical record at `offset`: (continue flag, payload length); the file is left
+        positioned at the payload."""
         self._file.seek(offset)
         head = self._file.read(_RECORD_HEAD.size)
         if len(head) < _RECORD_HEAD.size:
@@ -125,11 +128,39 @@ class RecordReader:
         magic, lrec = _RECORD_HEAD.unpack(head)
         if magic != MAGIC:
             raise self.error(offset, "bad magic 0x{:08x}, expected 0x{:08x}".format(magic, MAGIC))
-        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        return lrec >> 29, lrec & _LENGTH_MASK
+
+    @staticmethod
+    def _part_end(offset, length):
+        return offset + _RECORD_HEAD.size + ((length + 3) & ~3)
+
+    def _read_part(self, offset):
+        """Read one physical record at `offset`: (continue flag, data, offset of the next record)."""
+        cflag, length = self._read_head(offset)
         data = self._file.read(length)
         if len(data) < length:
             raise self.error(offset, "record of {} bytes runs past the end of the file ({} bytes)".format(length, self.size))
-        return cflag, data, offset + _RECORD_HEAD.size + ((length + 3) & ~3)
+        return cflag, data, self._part_end(offset, length)
+
+    def starts_record(self, offset):
+        """True when a record head (the magic) lies at `offset`."""
+        self._file.seek(offset)
+        head = self._file.read(_RECORD_HEAD.size)
+        return len(head) == _RECORD_HEAD.size and _RECORD_HEAD.unpack(head)[0] == MAGIC
+
+    def record_end(self, offset):
+        """The byte offset just past the logical record at `offset` (all its parts), reading record heads only.
+
+        Usage: next_offset = reader.record_end(reader.offsets[5])
+        """
+        cflag, length = self._read_head(offset)
+        end = self._part_end(offset, length)
+        while cflag in (_FIRST, _MIDDLE):
+            cflag, length = self._read_head(end)
+            end = self._part_end(end, length)
+        if end > self.size:
+            raise self.error(offset, "record of {} bytes runs past the end of the file ({} bytes)".format(length, self.size))
+        return end
 
     def read_at(self, offset):
         """Read the logical record starting at `offset`, joining multi-part records: (payload, next offset)."""
@@ -223,7 +254,8 @@ def index_images(reader):
     Usage: for key, offset in index_images(reader): header, image = read_image(reader, offset)
     """
     if reader.offsets is not None:
-        return [(key, reader.offsets[key]) for key in image_keys(reader)]
+        check_index_covers_file(reader)
+        return _some_images(reader, [(key, reader.offsets[key]) for key in image_keys(reader)])
     found, announced = [], None
     for offset, payload in reader.scan():
         header, image = _unpack_at(reader, offset, payload)
@@ -234,7 +266,61 @@ def index_images(reader):
     _check_scanned_count(reader, announced, found)
     if len({key for key, _ in found}) < len(found):
         found = [(position, offset) for position, (_, offset) in enumerate(found)]
-    return found
+    return _some_images(reader, found)
+
+
+def _some_images(reader, entries):
+    """`entries`, refused when there are none: an empty or header-only file is no dataset."""
+    if not entries:
+        raise RecordIOError("{}: holds no image records ({} bytes{})".format(
+            reader.rec_path, reader.size, "" if reader.idx_path is None else ", {} keys in {}".format(len(reader.offsets), reader.idx_path)))
+    return entries
+
+
+def check_index_covers_file(reader):
+    """The records the `.idx` lists must tile the `.rec`: the first at byte 0, each one ending where the next listed
+    one starts, the last at the end of the file. A line missing from the `.idx` (a record it does not list), an offset
+    inside another record and an empty `.idx` beside records are refused naming the byte offset.
+    Reads the record heads only.  Usage: check_index_covers_file(RecordReader("train.rec"))
+    """
+    if not reader.offsets:
+        if reader.size:
+            raise RecordIOError("{}: lists no records, but {} holds {} bytes".format(reader.idx_path, reader.rec_path, reader.size))
+        return
+    _refuse_shared_offsets(reader)
+    expected, previous = 0, None
+    for offset in sorted(reader.offsets.values()):
+        if offset != expected:
+            raise _not_tiling(reader, previous, expected, offset)
+        expected, previous = reader.record_end(offset), offset
+    if expected != reader.size:
+        raise _not_tiling(reader, previous, expected, None)
+
+
+def _refuse_shared_offsets(reader):
+    """Two keys at one byte offset: name the one the record's header id does not match."""
+    keys_at = collections.defaultdict(list)
+    for key, offset in reader.offsets.items():
+        keys_at[offset].append(key)
+    for offset, keys in keys_at.items():
+        if len(keys) > 1:
+            record_id = read_image(reader, offset)[0].id
+            wrong = next((key for key in keys if key != record_id), keys[-1])
+            raise reader.error(offset, "{} lists key {} here, but the record's header id is {} (keys {} share this offset)".format(
+                reader.idx_path, wrong, record_id, " and ".join(str(key) for key in keys)))
+
+
+def _not_tiling(reader, previous, expected, offset):
+    """The error for a listed `offset` (None: the end of the file) that is not where the record before it, at
+    `previous`, ends (`expected`): an offset inside that record, a record the `.idx` does not list, or a damaged length."""
+    if offset is not None and offset < expected:
+        return reader.error(offset, "{} lists a record here, inside the record that starts before it and ends at {}".format(reader.idx_path, expected))
+    following = "the file holds {} bytes".format(reader.size) if offset is None else "the next one {} lists is at {}".format(reader.idx_path, offset)
+    if previous is not None and not reader.starts_record(expected):
+        key = next(key for key, start in reader.offsets.items() if start == previous)
+        return reader.error(previous, "key {}: the record ends at byte {}, where no record starts; {} (a damaged length field?)".format(
+            key, expected, following))
+    return reader.error(expected, "a record starts here that {} does not list (a missing line?); {}".format(reader.idx_path, following))
 
 
 def _check_scanned_count(reader, announced, found):

@@ -8,6 +8,7 @@ Usage:
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 TFRECORD_DTYPES = {"float16": tf.float16, "float32": tf.float32}
@@ -20,26 +21,78 @@ SHARD_CYCLE_LENGTH = 16  # shards read at once, interleaved record by record
 
 # ---------------------------------------------------------------- a distiller .tfrecord and its sidecar
 def _read_sidecar(data_path):
+    """The checked description `<data_path>.json` of a distiller tfrecord: num_classes, total_images, emb_shape (positive
+    integers) and dtype float16|float32; `check_distiller_records` then checks the records against it."""
     sidecar = data_path + ".json"
     if not os.path.isfile(sidecar):
         raise FileNotFoundError(
             "{}: the tfrecord description is missing; expected {} with num_classes, total_images, emb_shape, dtype".format(data_path, sidecar)
         )
     with open(sidecar) as ff:
-        info = json.load(ff)
-    missing = [key for key in ("num_classes", "total_images", "emb_shape", "dtype") if key not in info]
-    if missing or info["dtype"] not in TFRECORD_DTYPES:
-        raise ValueError("{}: expected keys num_classes, total_images, emb_shape and dtype float16|float32, got {}".format(sidecar, info))
+        try:
+            info = json.load(ff)
+        except ValueError as error:
+            raise ValueError("{}: not a readable JSON description ({})".format(sidecar, error)) from None
+    keys = ("num_classes", "total_images", "emb_shape")
+    if not isinstance(info, dict) or any(key not in info for key in keys + ("dtype",)) or info["dtype"] not in TFRECORD_DTYPES or not all(
+            isinstance(info[key], int) and not isinstance(info[key], bool) and info[key] > 0 for key in keys):
+        raise ValueError("{}: expected positive integers num_classes, total_images, emb_shape and dtype float16|float32, got {}".format(sidecar, info))
     return info
+
+
+DISTILLER_FEATURES = {
+    "image_names": tf.io.FixedLenFeature([], tf.string),
+    "image_classes": tf.io.FixedLenFeature([], tf.int64),
+    "embeddings": tf.io.FixedLenFeature([], tf.string),
+}
+CHECK_BATCH = 4096
+_CHECKED = set()  # (path, size, mtime) of distiller tfrecords whose records were checked in this process
+
+
+def check_distiller_records(data_path, info):
+    """Read every record of a distiller tfrecord once, before training, against its sidecar `info`: each embedding holds
+    emb_shape values of dtype, all finite (NaN / inf rows are refused, as in an npz); each label is in [0, num_classes);
+    the records are total_images. ValueError naming the file, the sidecar and the first faulty record.
+    Usage: check_distiller_records("embs.tfrecord", _read_sidecar("embs.tfrecord"))
+    """
+    stat = os.stat(data_path)
+    if (os.path.abspath(data_path), stat.st_size, stat.st_mtime_ns) in _CHECKED:
+        return
+    sidecar, emb_shape = data_path + ".json", int(info["emb_shape"])
+    dtype = np.dtype(info["dtype"]).newbyteorder("<")
+    batches = tf.data.TFRecordDataset(data_path).batch(CHECK_BATCH).map(lambda records: tf.io.parse_example(records, DISTILLER_FEATURES))
+    count = 0
+    try:
+        for batch in batches:
+            _check_record_batch(data_path, sidecar, count, batch["image_classes"].numpy(), batch["embeddings"].numpy(), emb_shape, dtype, info)
+            count += len(batch["embeddings"])
+    except tf.errors.OpError as error:
+        raise ValueError("{}: not a readable distiller tfrecord near record {} ({})".format(data_path, count, error.message.splitlines()[0])) from None
+    if count != info["total_images"]:
+        raise ValueError("{}: holds {} records, but {} says total_images {}".format(data_path, count, sidecar, info["total_images"]))
+    _CHECKED.add((os.path.abspath(data_path), stat.st_size, stat.st_mtime_ns))
+
+
+def _check_record_batch(data_path, sidecar, first, labels, embeddings, emb_shape, dtype, info):
+    sizes = np.array([len(embedding) for embedding in embeddings])
+    wrong = np.flatnonzero(sizes != emb_shape * dtype.itemsize)
+    if wrong.size:
+        raise ValueError("{}: record {} holds an embedding of {} bytes, but {} says emb_shape {} of {}: {} bytes".format(
+            data_path, first + wrong[0], sizes[wrong[0]], sidecar, emb_shape, dtype.name, emb_shape * dtype.itemsize))
+    values = np.frombuffer(b"".join(embeddings), dtype).reshape(len(embeddings), emb_shape)
+    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad_rows.size:
+        raise ValueError("{}: the teacher embedding of record {} holds NaN or inf ({} such record(s) in this batch); extract them "
+                         "again (data_distiller) or leave those images out".format(data_path, first + bad_rows[0], bad_rows.size))
+    out_of_range = np.flatnonzero((labels < 0) | (labels >= info["num_classes"]))
+    if out_of_range.size:
+        raise ValueError("{}: record {} has class {}, outside the num_classes {} that {} states".format(
+            data_path, first + out_of_range[0], labels[out_of_range[0]], info["num_classes"], sidecar))
 
 
 def _tfrecord_source(data_path, info, is_train, shuffle_buffer_size, seed):
     """Enumerated records of a distiller tfrecord and the parser `record -> (path, label, embedding)`."""
-    features = {
-        "image_names": tf.io.FixedLenFeature([], tf.string),
-        "image_classes": tf.io.FixedLenFeature([], tf.int64),
-        "embeddings": tf.io.FixedLenFeature([], tf.string),
-    }
+    features = DISTILLER_FEATURES
     emb_shape, emb_dtype = int(info["emb_shape"]), TFRECORD_DTYPES[info["dtype"]]
 
     def parse(record):

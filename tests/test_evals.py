@@ -307,6 +307,15 @@ def test_evaluate_too_few_pairs():
         evals.evaluate(pair_embeddings([0.5, 0.1, 0.2]), [True, False, True])
 
 
+@pytest.mark.parametrize("same", [True, False])
+def test_evaluate_refuses_pairs_of_one_kind(same):
+    """With one kind of pair any threshold beyond all distances scores 1.0 (the original reported 0.900 +- 0.300)."""
+    cosines = np.linspace(-0.9, 0.9, 20)
+    with pytest.raises(ValueError, match="evaluate: {} same-person and {} different-person pairs; a verification score needs both".format(
+            20 if same else 0, 0 if same else 20)):
+        evals.evaluate(pair_embeddings(cosines), [same] * 20)
+
+
 # ---------------------------------------------------------------- eval_callback
 
 LINE = r">>>> {} evaluation max accuracy: (\d\.\d{{6}}), thresh: (-?\d\.\d{{6}}), previous max accuracy: (\d\.\d{{6}})"
@@ -440,3 +449,13 @@ def test_callback_under_mirrored_strategy(tmp_path):
     emb = numpy_embeddings(images, np.array(result["kernel"]), np.array(result["bias"]))
     expected = brute_force_best_accuracy(np.sum(emb[0::2] * emb[1::2], 1), issame)
     assert result["acc"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_callback_refuses_a_bin_of_one_pair_kind_at_load_time(tmp_path, same):
+    images = np.random.default_rng(9).integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
+    path = write_bin(tmp_path / "one_kind.bin", images, [same] * 6)
+    model, _, _ = dense_model(8)
+    counts = "6 same-person and 0 different-person" if same else "0 same-person and 6 different-person"
+    with pytest.raises(ValueError, match=re.escape(path) + ": " + counts + " pairs; a verification score needs both kinds"):
+        evals.eval_callback(model, path, batch_size=4)

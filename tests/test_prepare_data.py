@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_insightface import face_io, io_utils
+from keras_insightface import extraction_output, face_io, io_utils
 from keras_insightface import prepare_data
 from keras_insightface import recordio
 
@@ -23,6 +23,7 @@ MAGIC = struct.pack("<I", 0xCED7230A)
 with open(os.path.join(FIXTURE, "expected.json")) as _ff:
     EXPECTED = json.load(_ff)
 EXPECTED_FILES = {"{}/{}.jpg".format(rr["label"], rr["key"]): rr["sha256"] for rr in EXPECTED["records"]}
+MARKERS = [prepare_data.COMPLETION_MARKER, extraction_output.SOURCE_FILE]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -79,27 +80,40 @@ def write_recordio(rec_path, idx_path, records):
     return num_parts
 
 
-JPEG_START, JPEG_END, PNG_START = b"\xff\xd8\xff\xe0", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
+def small_picture(seed, size=8):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def jpeg_with_comment(seed, comment=b""):
+    """A decodable JPEG whose bytes 6 .. hold `comment` (a COM segment right after the start marker FF D8, its
+    big-endian length at bytes 4-5), so that image byte i >= 6 is comment byte i - 6."""
+    jpeg = cv2.imencode(".jpg", small_picture(seed))[1].tobytes()
+    if not comment:
+        return jpeg
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
 
 
 def shuffled_images():
     """(key, label, image bytes) in file order: no header record, key 0 an image with array labels,
     payloads holding the magic at aligned places (multi-part, magic right after the image signature,
     magic at the end: an empty last part) and at an unaligned place (no cut), lengths not multiple of 4
-    (padding). Images are JPEG signature ... end marker, or a PNG signature."""
+    (padding). Images are decodable 8x8 JPEGs (the magic inside a comment segment) or a PNG."""
     rng = np.random.default_rng(7)
 
     def noise(size):
         return rng.integers(0, 256, size, dtype=np.uint8).tobytes().replace(MAGIC, b"\0\0\0\0")
 
+    png = cv2.imencode(".png", small_picture(5))[1].tobytes()
+    magic_after_signature = jpeg_with_comment(2, MAGIC[2:] + noise(struct.unpack(">H", MAGIC[:2])[0] - 4))  # length bytes 0A 23
+    assert magic_after_signature[4:8] == MAGIC
     return [
-        (3, 1, JPEG_START + noise(50) + JPEG_END),
-        (0, (2.0, 0.25), JPEG_START + noise(40) + MAGIC + MAGIC + noise(15) + MAGIC + noise(9) + JPEG_END),  # aligned x2, unaligned x1
-        (5, 0, PNG_START + noise(12) + MAGIC),  # ends with the magic: an empty last part
-        (1, (0.0, 1.0, 5.0), JPEG_START + noise(4) + MAGIC + noise(101) + JPEG_END),
-        (6, 2, JPEG_START + noise(29) + JPEG_END),
-        (2, (1.0,), JPEG_START + MAGIC + noise(64) + JPEG_END),
-        (4, 2, JPEG_START + noise(3) + JPEG_END),
+        (3, 1, jpeg_with_comment(3)),
+        (0, (2.0, 0.25), jpeg_with_comment(0, noise(38) + MAGIC + MAGIC + noise(15) + MAGIC + noise(9))),  # bytes 44, 48; 67 unaligned
+        (5, 0, png + b"\0" * (-len(png) % 4) + MAGIC),  # ends with the magic: an empty last part
+        (1, (0.0, 1.0, 5.0), jpeg_with_comment(1, noise(2) + MAGIC + noise(101))),  # byte 8
+        (6, 2, jpeg_with_comment(6)),
+        (2, (1.0,), magic_after_signature),
+        (4, 2, jpeg_with_comment(4)),
     ]
 
 
@@ -115,7 +129,7 @@ def test_extract_fixture_matches_expected(tmp_path, capsys):
     save_dir = prepare_data.extract_recordio(str(dataset_dir) + "/")
     assert save_dir == str(tmp_path / "faces_rec_112x112_folders")
     assert image_files(save_dir) == EXPECTED_FILES
-    assert sorted(os.listdir(save_dir)) == sorted([prepare_data.COMPLETION_MARKER] + [str(cc) for cc in range(EXPECTED["num_classes"])])
+    assert sorted(os.listdir(save_dir)) == sorted(MARKERS + [str(cc) for cc in range(EXPECTED["num_classes"])])
     assert ">>>> " in capsys.readouterr().out
 
 
@@ -191,15 +205,26 @@ def test_truncated_rec_fails_before_writing_naming_file_and_offset(tmp_path, nam
     assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
 
 
-def test_corrupt_record_midway_leaves_only_complete_files(tmp_path):
+def test_corrupt_record_head_midway_is_found_before_writing(tmp_path):
     dataset_dir = copy_fixture(tmp_path)
     with open(dataset_dir / "train.rec", "r+b") as ff:
         ff.seek(93876)  # key 12 in train.idx
         ff.write(b"\0\0\0\0")
     with pytest.raises(recordio.RecordIOError, match="train.rec: .* byte offset 93876: bad magic 0x00000000"):
         prepare_data.extract_recordio(dataset_dir)
+    assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
+
+
+def test_undecodable_image_midway_leaves_only_complete_files(tmp_path):
+    dataset_dir = copy_fixture(tmp_path)
+    offset = fixture_offsets()[12]
+    patch_bytes(dataset_dir / "train.rec", offset + 8 + 24 + 600, bytes(200))  # inside the JPEG data: signature and end kept
+    with pytest.raises(recordio.RecordIOError, match=r"train.rec: .* byte offset {}: key 12: its image \(\d+ bytes\) could not be decoded".format(offset)):
+        prepare_data.extract_recordio(dataset_dir)
     on_disk = tree_sha256(prepare_data.default_save_dir(str(dataset_dir)))  # hidden temporary files included
-    assert on_disk == {path: sha for path, sha in EXPECTED_FILES.items() if int(path.split("/")[1][:-4]) < 12}
+    expected = {path: sha for path, sha in EXPECTED_FILES.items() if int(path.split("/")[1][:-4]) < 12}
+    assert {path: sha for path, sha in on_disk.items() if path != extraction_output.SOURCE_FILE} == expected
+    assert extraction_output.SOURCE_FILE in on_disk and prepare_data.COMPLETION_MARKER not in on_disk
 
 
 def test_idx_pointing_past_the_end_is_an_error(tmp_path):
@@ -258,12 +283,18 @@ def test_payload_that_is_no_whole_image_is_an_error(tmp_path, damage):
     rec_path = dataset_dir / "train.rec"
     if damage == "flipped":
         patch_bytes(rec_path, offset + 8 + 24, b"\x00")  # first byte of the JPEG signature
+        message = r"byte offset {}: key 3: .* not a whole JPEG"
     else:
         with open(rec_path, "rb") as ff:
             ff.seek(offset + 4)
             lrec = struct.unpack("<I", ff.read(4))[0]
         patch_bytes(rec_path, offset + 4, struct.pack("<I", lrec - 100))  # 100 image bytes fewer
-    assert_refused(dataset_dir, r"byte offset {}: key 3: .* not a whole JPEG".format(offset))
+        end = offset + 8 + ((lrec - 100 + 3) & ~3)
+        message = r"byte offset {{}}: key 3: the record ends at byte {}, where no record starts; the next one .*train.idx lists is at {} \(a damaged length"
+        message = message.format(end, fixture_offsets()[4])
+    assert_refused(dataset_dir, message.format(offset))
+    if damage == "shortened":  # the .idx and the record lengths disagree: found before anything is written
+        assert not os.path.exists(prepare_data.default_save_dir(str(dataset_dir)))
 
 
 @pytest.mark.parametrize("first_id", [1.0, 10.0, 40.0])
@@ -320,8 +351,10 @@ def test_temporary_names_are_no_images_and_leftovers_are_removed(tmp_path, monke
     real_replace = os.replace
 
     def killed_after_first_write(src, dst):
+        if not dst.endswith(".jpg"):
+            return real_replace(src, dst)  # the claim of the folder
         temporary_names.append(os.path.basename(src))
-        raise KeyboardInterrupt  # the kill: the temporary file is left behind by a real one
+        raise KeyboardInterrupt  # the kill at the first image: the temporary file is left behind by a real one
 
     monkeypatch.setattr(os, "replace", killed_after_first_write)
     monkeypatch.setattr(os, "remove", lambda path: None)  # a kill runs no cleanup
@@ -330,11 +363,11 @@ def test_temporary_names_are_no_images_and_leftovers_are_removed(tmp_path, monke
     monkeypatch.undo()
     assert temporary_names and not any(face_io.is_image_file(name) or name.lower().endswith(face_io.IMAGE_EXTENSIONS) for name in temporary_names)
     (save_dir / "0" / ".1.jpg.abc123.tmp.jpg").write_bytes(b"half")  # the older naming, ending in .jpg
-    assert len(tree_sha256(save_dir)) == 2
+    assert len(tree_sha256(save_dir)) == 3  # the claim and two temporary files
 
     prepare_data.extract_recordio(dataset_dir, save_dir)
     files = tree_sha256(save_dir)
-    assert {path: sha for path, sha in files.items() if path != prepare_data.COMPLETION_MARKER} == EXPECTED_FILES
+    assert {path: sha for path, sha in files.items() if path not in MARKERS} == EXPECTED_FILES
     assert real_replace is os.replace
 
 
@@ -412,9 +445,9 @@ def test_convert_lfw_bin_is_a_noop(tmp_path):
     assert bin_path.read_bytes() == original and os.stat(bin_path).st_mtime_ns == mtime
 
 
-def test_convert_reencodes_non_jpeg_images(tmp_path):
-    import tensorflow as tf
-
+def test_convert_is_lossless_for_png_and_other_encodings(tmp_path):
+    """PNG is kept byte for byte, a BMP becomes a PNG of the very same pixels (decoded before and after), the original
+    file is kept as <name>.orig.bin."""
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:32, 0:32]
     pictures = [np.stack([yy * 8, xx * 8, (yy + xx) * 4], axis=-1).astype(np.uint8) for _ in range(2)]
@@ -424,14 +457,19 @@ def test_convert_reencodes_non_jpeg_images(tmp_path):
     bin_path = tmp_path / "mixed.bin"
     with open(bin_path, "wb") as ff:
         pickle.dump(([png, bmp], np.array([True])), ff, protocol=2)
+    original = bin_path.read_bytes()
 
     assert prepare_data.convert_bin(bin_path) is True
     with open(bin_path, "rb") as ff:
         bins, issame = pickle.load(ff)
-    assert issame == [True] and all(image.startswith(b"\xff\xd8\xff") for image in bins)
+    assert issame == [True] and all(isinstance(image, bytes) for image in bins)
+    assert bins[0] == png.tobytes()
+    assert bins[1].startswith(b"\x89PNG\r\n\x1a\n")
     for image, picture in zip(bins, pictures):
-        decoded = tf.image.decode_jpeg(image).numpy()
-        assert np.abs(decoded.astype(int) - picture[..., ::-1].astype(int)).mean() < 3  # cv2 wrote BGR, JPEG holds RGB
+        decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(decoded, picture)  # both BGR, as cv2 wrote them: not a single pixel changed
+    assert (tmp_path / "mixed.orig.bin").read_bytes() == original
+    assert prepare_data.convert_bin(bin_path) is False  # plain PNG bytes now: nothing to do
 
 
 def test_convert_refuses_undecodable_image(tmp_path):
@@ -439,9 +477,9 @@ def test_convert_refuses_undecodable_image(tmp_path):
     with open(bin_path, "wb") as ff:
         pickle.dump(([b"\xff\xd8\xff\xe0" + b"\0" * 80, b"not an image" * 8], [False]), ff, protocol=4)
     original = bin_path.read_bytes()
-    with pytest.raises(ValueError, match="bad.bin, image 1"):
-        prepare_data.convert_bin(bin_path)
-    assert bin_path.read_bytes() == original
+    with pytest.raises(ValueError, match=r"bad.bin: pair 0, image 1 of 2 \(index 0\) \(84 bytes\) could not be decoded"):
+        prepare_data.convert_bin(bin_path)  # starts like a JPEG: refused all the same
+    assert bin_path.read_bytes() == original and os.listdir(tmp_path) == ["bad.bin"]
 
 
 def test_malicious_bin_is_refused_and_runs_nothing(tmp_path):
