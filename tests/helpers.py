@@ -2,6 +2,7 @@
 model; a full disk and a read-only folder, simulated."""
 import contextlib
 import errno
+import hashlib
 import os
 import resource
 import signal
@@ -118,3 +119,14 @@ def make_read_only(monkeypatch, folder):
         return real_mkstemp(suffix, prefix, dir, text)
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def tree_sha256(folder):
+    """{relative path: sha256} of every file under `folder`, hidden files included."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as ff:
+                found[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(ff.read()).hexdigest()
+    return found

@@ -7,7 +7,7 @@ import keras
 import pytest
 
 from keras_insightface import checkpoints, evals, losses, train
-from tests.helpers import tiny_basic_model
+from tests.helpers import tiny_basic_model, tree_sha256
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LFW_BIN = os.path.join(REPO, "tests", "data", "faces_rec", "lfw.bin")
@@ -22,27 +22,16 @@ def read_history(path):
         return json.load(ff)
 
 
-def files_and_bytes(folder):
-    """{relative path: bytes} of every file below `folder`."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as ff:
-                found[os.path.relpath(path, folder)] = ff.read()
-    return found
-
-
 def test_a_new_train_on_an_existing_save_path_keeps_the_earlier_run(dataset):
     first = train.Train(dataset, "run.h5", eval_paths=[LFW_BIN], basic_model=tiny_basic_model(), batch_size=8)
     first.train([arcface_plan(2)], 0)
-    earlier = {name: data for name, data in files_and_bytes("checkpoints").items()}
+    earlier = tree_sha256("checkpoints")
     earlier_best = [name for name in earlier if name.startswith("run_basic_lfw_epoch_")]
     assert len(earlier_best) == 1 and len(read_history("checkpoints/run_hist.json")["loss"]) == 2
 
     second = train.Train(dataset, "run.h5", eval_paths=[LFW_BIN], basic_model=tiny_basic_model(), batch_size=8)
     second.train([arcface_plan(1)], 0)
-    kept = files_and_bytes(os.path.join("checkpoints", "run_earlier_1"))
+    kept = tree_sha256(os.path.join("checkpoints", "run_earlier_1"))
     for name, data in earlier.items():  # every earlier file, byte for byte, under the earlier run's folder
         assert kept[name] == data, name
     assert len(read_history("checkpoints/run_hist.json")["loss"]) == 1  # the new run's own history

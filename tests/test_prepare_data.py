@@ -15,6 +15,7 @@ import pytest
 from keras_insightface import extraction_output, face_io, io_utils
 from keras_insightface import prepare_data
 from keras_insightface import recordio
+from tests.helpers import tree_sha256
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "data", "faces_rec")
@@ -35,17 +36,6 @@ def copy_fixture(tmp_path, names=("train.rec", "train.idx", "property", "lfw.bin
     for name in names:
         shutil.copyfile(os.path.join(FIXTURE, name), dataset_dir / name)
     return dataset_dir
-
-
-def tree_sha256(folder):
-    """{relative path: sha256} of every file under `folder`, hidden files included."""
-    found = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as ff:
-                found[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(ff.read()).hexdigest()
-    return found
 
 
 def image_files(folder):

@@ -16,9 +16,10 @@ import pytest
 
 from keras_insightface import extraction_output, prepare_data, recordio
 from tests.test_prepare_data import (
-    EXPECTED, EXPECTED_FILES, copy_fixture, fixture_offsets, image_files, pack_record, patch_bytes, shuffled_images, tree_sha256,
-    write_idx, write_recordio,
+    EXPECTED, EXPECTED_FILES, copy_fixture, fixture_offsets, image_files, pack_record, patch_bytes, shuffled_images, write_idx,
+    write_recordio,
 )
+from tests.helpers import tree_sha256
 
 
 def run_cli(argv, capsys):
