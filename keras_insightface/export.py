@@ -159,6 +159,7 @@ def _verification_inputs(representative_data, bin_file, count, image_size, repre
     if bin_file is not None:
         bin_file = os.fspath(bin_file)
         pairs = (*face_io.load_bin(bin_file, image_size=tuple(image_size)), os.path.basename(bin_file))
+        evals.check_both_pair_kinds(pairs[1], bin_file)  # an accuracy of one pair kind says nothing about the model
     if representative_data is not None:
         images, name = load_images(representative_data, count, image_size), representative_name or _source_name(representative_data)
     elif pairs is not None:

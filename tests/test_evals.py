@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_insightface import evals, face_io
+from keras_insightface import evals, export, face_io
 from keras_insightface import io_utils
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces_rec")
@@ -459,3 +459,5 @@ def test_callback_refuses_a_bin_of_one_pair_kind_at_load_time(tmp_path, same):
     counts = "6 same-person and 0 different-person" if same else "0 same-person and 6 different-person"
     with pytest.raises(ValueError, match=re.escape(path) + ": " + counts + " pairs; a verification score needs both kinds"):
         evals.eval_callback(model, path, batch_size=4)
+    with pytest.raises(ValueError, match=re.escape(path) + ": " + counts):  # export checks its parity pairs before converting
+        export._verification_inputs(None, path, 4, (8, 8))
