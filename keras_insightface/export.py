@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from . import cli, face_io, io_utils, surgery
+from . import cli, evals, face_io, io_utils, surgery
 from .parity import (  # noqa: F401  (export.<name> as before parity.py held them: the same objects)
     PARITY_BATCH, PARITY_THRESHOLDS, ParityError, cosine_similarities, keras_embeddings, synthetic_images,
 )
@@ -260,8 +260,6 @@ def _check_parity(model, run_exported, images, description, label, threshold):
 
 
 def _verification_accuracy(embeddings, issame):
-    from . import evals
-
     accuracy = evals.evaluate(embeddings, issame)[2]
     return float(np.mean(accuracy)), float(np.std(accuracy))
 
