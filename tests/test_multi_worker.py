@@ -51,10 +51,15 @@ def batches(ds):
     return [(np.asarray(images), np.asarray(labels)) for images, labels in ds]
 
 
-def test_folder_workers_read_their_slice_of_each_global_batch(dataset):
-    """Worker 0's batch k then worker 1's batch k are the global batch k of a single worker, images and labels."""
-    common = dict(batch_size=8, random_status=-1, seed=3)
+@pytest.mark.parametrize("augmentation", [dict(random_status=-1), dict(random_status=3, random_cutout_mask_area=0.5)])
+def test_folder_workers_read_their_slice_of_each_global_batch(dataset, augmentation):
+    """Worker 0's batch k then worker 1's batch k are the global batch k of a single worker, images and labels; each
+    image augmented as on a single worker (flip, brightness, contrast, saturation, random crop and cutout draws)."""
+    common = dict(batch_size=8, seed=3, **augmentation)
     whole, steps, _ = data.prepare_dataset_and_classes(dataset, **common)
+    if augmentation["random_status"] >= 0:  # augmented: not the plain images
+        plain, augmented = (data.prepare_dataset_and_classes(dataset, **dict(common, **options))[0] for options in ({"random_status": -1}, {}))
+        assert np.abs(batches(plain)[0][0] - batches(augmented)[0][0]).mean() > 0.05
     shards = [data.prepare_dataset_and_classes(dataset, input_shard=(index, 2), **common) for index in range(2)]
     assert steps == 4 and [ss[1] for ss in shards] == [4, 4]
     orders = []
