@@ -129,22 +129,30 @@ def _as_vector(value):
     return tf.reshape(value, [1]) if value.shape.rank == 0 else value
 
 
-def prepare_model(model, element_spec):
-    """Make `model.fit` of Keras 3 run under a multi-worker strategy (Keras 3.15, TensorFlow backend):
+def prepare_model(model, element_spec, place):
+    """Make `model.fit` of Keras 3 (TensorFlow backend, 3.15) under a tf.distribute strategy read the data as one
+    device would, and run under a multi-worker strategy at all:
 
-    - `fit` first pulls one batch of the distributed input and averages it across replicas to build the model;
-      under MultiWorkerMirroredStrategy that fails, and it would draw an extra epoch of the seeded data order.
-      The model is built from the input's `element_spec` instead.
-    - Keras averages each logged scalar across workers with `reduce("MEAN", axis=0)`, which needs a batch axis;
-      the training step returns its logs as one-element vectors, averaged into scalars.
+    - a model built under a strategy's scope (any: `MirroredStrategy` on one machine too) is built by `fit` from one
+      batch it first pulls from a new iterator of the input: that draws one more epoch of the seeded data order per
+      `fit`, so the run trains other batches than one device does (and under MultiWorkerMirroredStrategy, averaging
+      the pulled per-replica batches fails). The model is built from the input's `element_spec` instead; without a
+      strategy Keras builds it at the first step and nothing changes.
+    - on several workers (`place`), Keras averages each logged scalar across workers with `reduce("MEAN", axis=0)`,
+      which needs a batch axis; the training step returns its logs as one-element vectors, averaged into scalars.
 
-    Usage: prepare_model(tt.model, dataset.element_spec)
+    Usage: prepare_model(tt.model, dataset.element_spec, worker_place(strategy))
     """
     build = type(model)._maybe_symbolic_build.__get__(model)
-    train_step = type(model).train_step.__get__(model)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=element_spec)
-    model.train_step = lambda data: {name: _as_vector(value) for name, value in train_step(data).items()}
+    if place.is_multi_worker:
+        train_step = type(model).train_step.__get__(model)
+        model.train_step = lambda data: {name: _as_vector(value) for name, value in train_step(data).items()}
     return model
+
+
+def _batchnorm_layers(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def synchronize_batchnorm(model):
@@ -153,10 +161,32 @@ def synchronize_batchnorm(model):
 
     Usage: synchronize_batchnorm(basic_model)
     """
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = _batchnorm_layers(model)
     for layer in layers:
         layer.synchronized = True
     return len(layers)
+
+
+def arrange_batchnorm(model, num_replicas, replica_batch, sync_batchnorm):
+    """`Train(sync_batchnorm=...)` on the BatchNormalization layers of `model` under `num_replicas` replicas of
+    `replica_batch` images: True synchronizes them (`synchronize_batchnorm`); False leaves them as built and says which
+    normalize each replica's own batch, so differ from one device at the global batch. One replica: nothing to do.
+
+    Usage: arrange_batchnorm(basic_model, strategy.num_replicas_in_sync, 128, sync_batchnorm=True)
+    """
+    layers = _batchnorm_layers(model)
+    if num_replicas == 1 or not layers:
+        return
+    global_batch = replica_batch * num_replicas
+    if sync_batchnorm:
+        synchronize_batchnorm(model)
+        print(">>>> sync_batchnorm: {} BatchNormalization layers use the statistics of the global batch of {}".format(len(layers), global_batch))
+        return
+    own = sum(not layer.synchronized for layer in layers)
+    if own:
+        print(">>>> BatchNormalization: {} of {} layers normalize each replica's own batch of {}, not the global batch of {}: the "
+              "model differs from one device's at the global batch; Train(sync_batchnorm=True) makes them equal".format(
+                  own, len(layers), replica_batch, global_batch))
 
 
 # ---------------------------------------------------------------- callbacks
@@ -191,10 +221,22 @@ class EpochEndSync(keras.callbacks.Callback):
             ee.cur_acc, ee.max_accuracy = float(cur_acc), float(max_accuracy)
 
 
+class GatherCheckpointState(keras.callbacks.Callback):
+    """At each epoch end, on every worker, `model.gather_checkpoint_state()` for a model whose checkpoint state is
+    spread over the workers (the sharded class centers): the all-gathers every worker joins, before the chief's commit.
+
+    Usage: GatherCheckpointState()  # after EpochEndSync, before the chief's CheckpointCommit
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if hasattr(self.model, "gather_checkpoint_state"):
+            self.model.gather_checkpoint_state()
+
+
 def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop, history):
     """The fit callbacks of one worker: unchanged on a single worker; else `evals` and `chief_only` run on the chief
-    only, and `gently_stop` (on every worker) then an `EpochEndSync` run just before `history`, which so records
-    the chief's accuracies and stops with the others.
+    only, and `gently_stop` (on every worker), an `EpochEndSync` and a `GatherCheckpointState` run just before
+    `history`, which so records the chief's accuracies and stops with the others.
 
     Usage: arrange_callbacks(callbacks, strategy, place, tt.my_evals, [commit], tt.gently_stop, tt.my_hist)
     """
@@ -203,7 +245,7 @@ def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop
     dropped = {id(cc) for cc in [*evals, *chief_only]} if not place.is_chief else set()
     kept = [cc for cc in callbacks if id(cc) not in dropped and cc is not gently_stop]
     at = kept.index(history)
-    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals)] + kept[at:]
+    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals), GatherCheckpointState()] + kept[at:]
 
 
 def peer_lost_error(error, place):
