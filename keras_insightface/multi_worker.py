@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_COLLECTIVE_TIMEOUT = 1800  # seconds a worker waits for the others in one collective (a slow chief eval included)
+DEFAULT_COLLECTIVE_TIMEOUT = 1800  # seconds a worker waits for the others at an epoch end (a slow chief eval included)
 IMPLEMENTATIONS = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
     "ring": tf.distribute.experimental.CommunicationImplementation.RING,
@@ -31,7 +31,7 @@ PEER_LOST_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 
 class PeerLostError(RuntimeError):
-    """A worker of the cluster stopped answering (crashed, killed, or slower than the collective timeout)."""
+    """A worker of the cluster stopped answering (crashed, killed, or later than the epoch-end timeout)."""
 
 
 # ---------------------------------------------------------------- the cluster
@@ -59,8 +59,12 @@ def read_tf_config(environ=None):
 
 
 def cluster_strategy(timeout_seconds=DEFAULT_COLLECTIVE_TIMEOUT, implementation="auto"):
-    """`MultiWorkerMirroredStrategy` for the cluster in TF_CONFIG; every collective gives up after `timeout_seconds`.
+    """`MultiWorkerMirroredStrategy` for the cluster in TF_CONFIG. At each epoch end a worker waits up to
+    `timeout_seconds` for the others (the chief's eval and checkpoint) before giving up (`EpochEndSync`).
 
+    The training step's collectives (gradients, synchronized BatchNorm, sharded centers) have no timeout: TensorFlow
+    keeps one thread per collective with a timeout alive for that long (its docs: a debugging aid), thousands a minute
+    in training. A dead peer ends them through the coordination service's missed heartbeats (`PeerLostError`).
     Call it first in the program (before any other TensorFlow work), on every worker.
     Usage: strategy = cluster_strategy(timeout_seconds=600)
     """
@@ -69,8 +73,10 @@ def cluster_strategy(timeout_seconds=DEFAULT_COLLECTIVE_TIMEOUT, implementation=
         raise ValueError("implementation must be one of {}, got {!r}".format(sorted(IMPLEMENTATIONS), implementation))
     if not timeout_seconds or timeout_seconds <= 0:
         raise ValueError("timeout_seconds must be > 0, got {!r}".format(timeout_seconds))
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout_seconds), implementation=IMPLEMENTATIONS[implementation])
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    options = tf.distribute.experimental.CommunicationOptions(implementation=IMPLEMENTATIONS[implementation])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy.epoch_end_timeout = float(timeout_seconds)  # read by EpochEndSync
+    return strategy
 
 
 class WorkerPlace(collections.namedtuple("WorkerPlace", ["index", "count", "is_chief", "local_replicas"])):
@@ -201,12 +207,17 @@ class EpochEndSync(keras.callbacks.Callback):
     def __init__(self, strategy, place, evals=()):
         super().__init__()
         self.strategy, self.place, self.evals = strategy, place, list(evals)
+        timeout = getattr(strategy, "epoch_end_timeout", DEFAULT_COLLECTIVE_TIMEOUT)  # set by cluster_strategy
+        self._options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout))
         self._all_reduce = tf.function(self._sum_over_workers)
 
     def _sum_over_workers(self, values):
-        local_replicas = self.place.local_replicas
-        per_replica = self.strategy.run(lambda: values / local_replicas)  # every local replica adds its share
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        local_replicas, options = self.place.local_replicas, self._options
+
+        def add_share():  # every local replica adds its share, waiting at most the epoch-end timeout
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values / local_replicas, options=options)
+
+        return self.strategy.experimental_local_results(self.strategy.run(add_share))[0]
 
     def _all_reduce_sum(self, values):
         return self._all_reduce(tf.constant(values, tf.float32)).numpy()

@@ -46,8 +46,9 @@ def runs(tmp_path_factory):
         "reordered": ["--reorder"],
     }.items()}
     for name, job in jobs.items():
-        _, stderr = job.communicate(timeout=600)
+        stdout, stderr = job.communicate(timeout=600)
         assert job.returncode == 0, (name, stderr[-3000:])
+        (root / (name + ".done")).write_text(stdout.splitlines()[-1])  # "DONE <s> s, collective threads <N>"
     return root
 
 
@@ -93,3 +94,13 @@ def test_a_run_resumes_on_the_other_worker_count(runs, resumed, side):
     if resumed == "worker0":
         for ww0, ww1 in zip(continued, weights(runs, "worker1", "sgd_arcface_resumed")):
             np.testing.assert_array_equal(ww0, ww1)
+
+
+def test_workers_keep_no_thread_per_collective(runs):
+    """A collective with a timeout keeps a TensorFlow thread alive for that long: one per step's collective would be
+    hundreds here, thousands a minute of training with synchronized BatchNorm. Only the epoch-end all-reduce has a
+    timeout: about 2 threads per epoch end (2 epochs of each case, 1 resumed epoch), and a few of TensorFlow's own."""
+    epoch_ends = 2 * len(CASES) + 1
+    for worker in ("worker0", "worker1"):
+        threads = int((runs / (worker + ".done")).read_text().rsplit(" ", 1)[1])
+        assert threads <= 2 * epoch_ends + 10, (worker, threads)

@@ -10,7 +10,7 @@ GLOBAL_BATCH / workers; without, one worker at GLOBAL_BATCH (no strategy). --reo
 the same run in another float summation order, the reference of what rounding alone does. --resume_from DIR (the
 other side's working folder): once its weights folder says `done`, each case of RESUMED continues DIR's run from its
 epoch-1 checkpoint for the remaining epochs (the seed's `tt.train(sch, 1)`), into weights/<case>_resumed.npz. The
-basic model's weights before training are in weights/<case>_start.npz. Prints `DONE <seconds>`.
+basic model's weights before training are in weights/<case>_start.npz. Prints `DONE <seconds> s, collective threads <N>`.
 """
 import argparse
 import collections
@@ -67,6 +67,18 @@ def final_weights(tt):
     return tt.model.get_weights()
 
 
+def collective_threads():
+    """Threads of this process TensorFlow keeps for collectives with a timeout ("collective_ops"; Linux, else 0)."""
+    count = 0
+    for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        try:
+            with open(os.path.join("/proc/self/task", task, "comm")) as comm:
+                count += comm.read().strip() == "collective_ops"
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    return count
+
+
 def wait_for(path):
     deadline = time.time() + WAIT_SECONDS
     while not os.path.exists(path):
@@ -121,7 +133,7 @@ def main(argv=None):
                 tt = new_train(name + "_resumed", cases[name], model=os.path.join(args.resume_from, "checkpoints", name + ".h5"))
                 tt.train([{"loss": cases[name].loss(), "epoch": args.epochs - 1}], 1)
                 np.savez(os.path.join(WEIGHTS, name + "_resumed.npz"), *final_weights(tt))
-    print("DONE {:.1f}".format(time.perf_counter() - start), flush=True)
+    print("DONE {:.1f} s, collective threads {}".format(time.perf_counter() - start, collective_threads()), flush=True)
     return 0
 
 
