@@ -29,7 +29,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     The fused path runs on the TensorFlow backend for 4D inputs normalized over the last axis, of type
     float32, float16 or bfloat16 (half inputs keep float32 gamma / beta / moving statistics, as the stock
     layer does), in training and inference, without a mask, `synchronized` or `renorm`. Anything else
-    runs the stock Keras computation. Outputs match the stock layer to float32 rounding.
+    runs the stock Keras computation; `synchronized` with the global batch's two-pass moments
+    (`global_moments`). Outputs match the stock layer to float32 rounding.
 
     Moving statistics follow Keras: `moving = moving * momentum + batch * (1 - momentum)`, with the
     biased batch variance (sum of squares / n) as Keras 3 uses. The fused kernel returns the unbiased one

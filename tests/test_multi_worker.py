@@ -46,6 +46,29 @@ def test_worker_callbacks_chief_and_others():
     assert [type(cc).__name__ for cc in other] == ["Lr", "Stop", "EpochEndSync", "GatherCheckpointState", "Hist", "NaN"]
 
 
+@pytest.mark.parametrize("num_replicas, sync, synchronized, said", [
+    (1, True, [False, False], ""),  # one replica: the batch is the global batch, nothing to do
+    (2, True, [True, True], "sync_batchnorm: 2 BatchNormalization layers use the statistics of the global batch of 16"),
+    (2, False, [False, False], "2 of 2 layers normalize each replica's own batch of 8, not the global batch of 16"),
+])
+def test_sync_batchnorm_of_the_basic_model(capsys, num_replicas, sync, synchronized, said):
+    from tests.helpers import small_conv_model
+
+    model = small_conv_model(with_batchnorm=True)
+    multi_worker.arrange_batchnorm(model, num_replicas, 8, sync)
+    layers = [layer for layer in model.layers if "batch_normalization" in layer.name or layer.name == "embedding"]
+    assert [layer.synchronized for layer in layers] == synchronized
+    printed = capsys.readouterr().out
+    assert said in printed and (printed == "") == (said == "")
+
+
+def test_no_word_on_batchnorm_for_a_model_without_it(capsys):
+    from tests.helpers import small_conv_model
+
+    multi_worker.arrange_batchnorm(small_conv_model(with_batchnorm=False), 2, 8, sync_batchnorm=False)
+    assert capsys.readouterr().out == ""
+
+
 # ---------------------------------------------------------------- input shards
 def batches(ds):
     return [(np.asarray(images), np.asarray(labels)) for images, labels in ds]
