@@ -234,14 +234,19 @@ class EpochEndSync(keras.callbacks.Callback):
 
 class GatherCheckpointState(keras.callbacks.Callback):
     """At each epoch end, on every worker, `model.gather_checkpoint_state()` for a model whose checkpoint state is
-    spread over the workers (the sharded class centers): the all-gathers every worker joins, before the chief's commit.
+    spread over the workers (the sharded class centers): the all-gathers every worker joins, kept by the chief for
+    its commit.
 
-    Usage: GatherCheckpointState()  # after EpochEndSync, before the chief's CheckpointCommit
+    Usage: GatherCheckpointState(place)  # after EpochEndSync, before the chief's CheckpointCommit
     """
+
+    def __init__(self, place):
+        super().__init__()
+        self.place = place
 
     def on_epoch_end(self, epoch, logs=None):
         if hasattr(self.model, "gather_checkpoint_state"):
-            self.model.gather_checkpoint_state()
+            self.model.gather_checkpoint_state(keep=self.place.is_chief)
 
 
 def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop, history):
@@ -256,7 +261,7 @@ def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop
     dropped = {id(cc) for cc in [*evals, *chief_only]} if not place.is_chief else set()
     kept = [cc for cc in callbacks if id(cc) not in dropped and cc is not gently_stop]
     at = kept.index(history)
-    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals), GatherCheckpointState()] + kept[at:]
+    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals), GatherCheckpointState(place)] + kept[at:]
 
 
 def peer_lost_error(error, place):

@@ -414,19 +414,21 @@ class ShardedHeadModel(keras.Model):
 
     def checkpoint_state(self):
         """(dense model, its optimizer) holding the whole state: what `myCallbacks.CheckpointCommit` writes. The state
-        `gather_checkpoint_state` took at this step when there is one, else gathered now."""
-        gathered = getattr(self, "_gathered_state", None)
+        `gather_checkpoint_state` kept at this step when there is one (handed over once), else gathered now."""
+        gathered, self._gathered_state = getattr(self, "_gathered_state", None), None
         if gathered is not None and gathered.step == int(self.optimizer.iterations.numpy()):
             return gathered.state
         dense_model = self.dense_model()
         return dense_model, self.dense_optimizer(dense_model)
 
-    def gather_checkpoint_state(self):
-        """Gather `checkpoint_state()` now and keep it for this step. Under a multi-worker strategy every worker calls
-        it at the same point (all-gathers of the shards; `multi_worker.GatherCheckpointState`), so that the chief
-        alone can then write the checkpoint.  Usage: model.gather_checkpoint_state()"""
+    def gather_checkpoint_state(self, keep=True):
+        """Gather `checkpoint_state()` now, kept for this step when `keep` (a full dense copy in host memory). Under a
+        multi-worker strategy every worker calls it at the same point (all-gathers of the shards;
+        `multi_worker.GatherCheckpointState`), the chief keeping it, so that it alone then writes the checkpoint.
+        Usage: model.gather_checkpoint_state(keep=is_chief)"""
         self._gathered_state = None
-        self._gathered_state = _GatheredState(int(self.optimizer.iterations.numpy()), self.checkpoint_state())
+        state = self.checkpoint_state()
+        self._gathered_state = _GatheredState(int(self.optimizer.iterations.numpy()), state) if keep else None
 
     def load_checkpoint(self, model_path, optimizer_path=None):
         """Continue from a checkpoint written under any number of replicas: the full model file and, when given and
