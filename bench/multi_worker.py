@@ -14,7 +14,6 @@ Usage: python bench/multi_worker.py [--rounds 2] [--epochs 3] [--batch_size 64] 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,10 +21,11 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, BENCH_DIR)
+sys.path[:0] = [BENCH_DIR, REPO]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_common import load_average, machine, write_images  # noqa: E402
+from tests.local_cluster import free_ports  # noqa: E402
 
 NUM_IMAGES, NUM_CLASSES = 512, 32
 
@@ -67,19 +67,9 @@ def run_worker(args):
     print("RESULT " + json.dumps({"images_per_s": images / (ends[-1] - ends[0]), "is_chief": tt.worker.is_chief}), flush=True)
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for ss in sockets:
-        ss.bind(("127.0.0.1", 0))
-    ports = [ss.getsockname()[1] for ss in sockets]
-    for ss in sockets:
-        ss.close()
-    return ports
-
-
 def measure(args, workers, folder):
     """Images/s of the chief of `workers` processes (each in its own working folder)."""
-    ports = free_ports(workers)
+    ports = free_ports(workers).split(",")
     jobs = []
     for index in range(workers):
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

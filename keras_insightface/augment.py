@@ -10,6 +10,23 @@ import tensorflow as tf
 # ---------------------------------------------------------------- augmentation of float32 batches in the 0..255 range
 # Each step takes the images [B, H, W, 3], one uniform [0, 1) number per image `u` [B, 1, 1, 1] drawn for it, and
 # random_status. The steps are whole-batch ops that XLA fuses into a few passes over the batch.
+#
+# `rows=(offset, total)`: the batch is rows offset .. offset + B of a larger batch of `total` images (a worker's share
+# of a global batch). Its draws are then those rows of the draws of the whole batch, so that every image gets the
+# numbers it gets when one worker takes the whole batch (docs/distributed.md).
+
+
+def batch_uniform(images, shape_tail, seed_pair, rows=None):
+    """Uniform [0, 1) draws [B, *shape_tail] for the batch `images`, one row per image; with `rows=(offset, total)`
+    rows offset .. offset + B of the draws of a batch of `total` images.
+
+    Usage: draws = batch_uniform(images, [2], tf.constant([1, 2]), rows=(4, 16))
+    """
+    batch = tf.shape(images)[0]
+    if rows is None:
+        return tf.random.stateless_uniform([batch, *shape_tail], seed_pair)
+    offset, total = rows
+    return tf.random.stateless_uniform([total, *shape_tail], seed_pair)[offset : offset + tf.cast(batch, offset.dtype)]
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in tf.image.rgb_to_grayscale
 
 
@@ -72,26 +89,28 @@ def augmentation_steps(random_status, seed=None):
     return [step for level, step in AUGMENT_LEVELS if random_status >= level]
 
 
-def _random_crop_resize(images, seed, random_crop):
-    """Crop a random `random_crop` (h, w[, c]) window from each image and resize it back to the full size."""
+def _random_crop_resize(images, seed, random_crop, rows=None):
+    """Crop a random `random_crop` (h, w[, c]) window from each image and resize it back to the full size
+    (`rows`: see `batch_uniform`)."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     crop_h, crop_w = int(random_crop[0]), int(random_crop[1])
     if crop_h > height or crop_w > width:
         raise ValueError(
             "random_crop={} is larger than the image shape ({}, {}); pass a smaller random_crop, or None".format(random_crop, height, width)
         )
-    offsets = tf.floor(tf.random.stateless_uniform([batch, 2], seed) * [height - crop_h + 1, width - crop_w + 1])
+    offsets = tf.floor(batch_uniform(images, [2], seed, rows) * [height - crop_h + 1, width - crop_w + 1])
     top, left = offsets[:, 0], offsets[:, 1]
     boxes = tf.stack([top / (height - 1), left / (width - 1), (top + crop_h - 1) / (height - 1), (left + crop_w - 1) / (width - 1)], axis=1)
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), [height, width])
 
 
-def cutout_lower_part(images, seed_pair, probability, fill=128.0):
+def cutout_lower_part(images, seed_pair, probability, fill=128.0, rows=None):
     """With `probability` per image, fill the rows below a random height in [0.55 H, 0.7 W) with `fill`: the
-    original's `random_cutout_mask_area`, a stand-in for a face mask.  Usage: cutout_lower_part(images, seed, 0.3)"""
+    original's `random_cutout_mask_area`, a stand-in for a face mask (`rows`: see `batch_uniform`).
+    Usage: cutout_lower_part(images, seed, 0.3)"""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     low, high = int(height * 0.55), int(width * 0.7)
-    draws = tf.random.stateless_uniform([batch, 2], seed_pair)
+    draws = batch_uniform(images, [2], seed_pair, rows)
     kept_rows = low + tf.cast(tf.floor(draws[:, 1] * (high - low)), tf.int32)
     kept_rows = tf.where(draws[:, 0] < probability, kept_rows, height)
     rows = tf.range(height)[None, :, None, None]
@@ -99,19 +118,20 @@ def cutout_lower_part(images, seed_pair, probability, fill=128.0):
 
 
 def make_augment(random_status=0, seed=None, random_cutout_mask_area=0.0):
-    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair)` for a random_status, clipping to [0, 255];
-    `random_cutout_mask_area` > 0 then fills the lower part of that share of the images (`cutout_lower_part`).
+    """`augment(images_float32_0_255 [B, H, W, 3], seed_pair, rows=None)` for a random_status, clipping to [0, 255];
+    `random_cutout_mask_area` > 0 then fills the lower part of that share of the images (`cutout_lower_part`);
+    `rows`: see `batch_uniform` (RandAugment, random_status >= 100, draws from its Keras layer's own generator).
 
     Usage: augment = make_augment(2); images = augment(tf.cast(uint8_batch, "float32"), tf.constant([1, 2]))
     """
     steps = augmentation_steps(random_status, seed)
 
-    def augment(images, seed_pair):
-        draws = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, len(steps)], seed_pair)
+    def augment(images, seed_pair, rows=None):
+        draws = batch_uniform(images, [1, 1, len(steps)], seed_pair, rows)
         for index, step in enumerate(steps):
             images = step(images, draws[..., index : index + 1], random_status)
         if random_cutout_mask_area > 0:
-            images = cutout_lower_part(images, tf.random.experimental.stateless_fold_in(seed_pair, 7), random_cutout_mask_area)
+            images = cutout_lower_part(images, tf.random.experimental.stateless_fold_in(seed_pair, 7), random_cutout_mask_area, rows=rows)
         return tf.clip_by_value(images, 0.0, 255.0)
 
     return augment

@@ -29,7 +29,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     The fused path runs on the TensorFlow backend for 4D inputs normalized over the last axis, of type
     float32, float16 or bfloat16 (half inputs keep float32 gamma / beta / moving statistics, as the stock
     layer does), in training and inference, without a mask, `synchronized` or `renorm`. Anything else
-    runs the stock Keras computation. Outputs match the stock layer to float32 rounding.
+    runs the stock Keras computation; `synchronized` with the global batch's two-pass moments
+    (`global_moments`). Outputs match the stock layer to float32 rounding.
 
     Moving statistics follow Keras: `moving = moving * momentum + batch * (1 - momentum)`, with the
     biased batch variance (sum of squares / n) as Keras 3 uses. The fused kernel returns the unbiased one
@@ -47,6 +48,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
         else:
             outputs = self._fused_inference(inputs)
         return keras.ops.cast(outputs, self.compute_dtype)
+
+    def _moments(self, inputs, mask):
+        """Batch mean and biased variance; `synchronized` ones over the global batch in two passes (`global_moments`)."""
+        if self.synchronized and mask is None and keras.backend.backend() == "tensorflow":
+            return global_moments(inputs, self._reduction_axes)
+        return super()._moments(inputs, mask)
 
     def _can_fuse(self, inputs, mask):
         return (
@@ -94,6 +101,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=False,
         )
         return outputs
+
+
+def global_moments(inputs, axes):
+    """Mean and biased variance of `inputs` over `axes` and over every replica of the current tf.distribute strategy,
+    as one device computes them from the global batch: an all-reduce of the sums and counts gives the mean, then one
+    of the squared deviations from it gives the variance. (Keras' `synchronized=True` takes E[x^2] - E[x]^2 in one
+    all-reduce, which loses the variance's digits where |mean| >> std.) Outside a replica context: the local moments.
+
+    Usage: mean, variance = global_moments(inputs, axes=[0, 1, 2])
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return tf.nn.moments(inputs, axes)
+    sums = tf.reduce_sum(inputs, axis=axes)
+    count = tf.cast(tf.size(inputs) // tf.size(sums), sums.dtype)
+    totals = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([sums, count[None]], axis=0))
+    mean = totals[:-1] / totals[-1]
+    centered = inputs - tf.stop_gradient(tf.reshape(mean, _kept_shape(inputs, axes)))
+    squares = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(centered), axis=axes))
+    return mean, squares / totals[-1]
+
+
+def _kept_shape(inputs, axes):
+    """The shape of a per-channel vector broadcast against `inputs` reduced over `axes` (1 on those axes)."""
+    return [1 if axis in axes else -1 for axis in range(len(inputs.shape))]
 
 
 def _biased_variance_factor(inputs):

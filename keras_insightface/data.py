@@ -365,28 +365,45 @@ def _batched(ds, batch_size, image_per_class, drop_remainder, num_positions, cou
     return ds.map(flatten)
 
 
-def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM, mixup_alpha=0.0, num_classes=None):
-    """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets; with
-    `mixup_alpha` > 0 the labels become mixed float32 rows of width `num_classes`."""
+def _draw_seed_and_rows(epoch_seed, first_position, share):
+    """The augmentation seed of a batch starting at `first_position`, and its `rows` of the draws (augment.batch_uniform).
 
-    def augment_and_normalize(images, seed):
+    `share=(positions per global batch, images per position)` for a worker's slice of each global batch: the
+    slice draws the global batch's numbers (seeded by its first position) and keeps its own rows, so that an image is
+    augmented the same on any number of workers. None: the batch draws for itself.
+    """
+    if share is None:
+        return tf.random.experimental.stateless_fold_in(epoch_seed, first_position), None
+    positions_per_batch, group = share
+    offset = first_position % positions_per_batch
+    global_seed = tf.random.experimental.stateless_fold_in(epoch_seed, first_position - offset)
+    return global_seed, (offset * group, positions_per_batch * group)
+
+
+def _batch_finisher(augment, jit_compile, random_crop=None, norm=face_io.KERAS_NORM, mixup_alpha=0.0, num_classes=None, share=None):
+    """(epoch_seed, (first position, uint8 images, labels[, embeddings])) -> model inputs and targets; with
+    `mixup_alpha` > 0 the labels become mixed float32 rows of width `num_classes` (mixed within this batch); `share`:
+    a worker's slice of global batches (`_draw_seed_and_rows`)."""
+
+    def augment_and_normalize(images, seed, rows):
         images = tf.cast(images, tf.float32)
-        return face_io.normalize(images if augment is None else augment(images, seed), norm)
+        return face_io.normalize(images if augment is None else augment(images, seed, rows=rows), norm)
 
     if jit_compile:  # XLA fuses the uint8 -> float32 cast, augmentation and normalization into a few passes
         augment_and_normalize = tf.function(augment_and_normalize, jit_compile=True)
 
-    def finish_images(images, seed):
+    def finish_images(images, seed, rows):
         if random_crop is not None:  # CropAndResize has no XLA kernel; it reads uint8 and gives float32
-            images = _random_crop_resize(images, seed + 1, random_crop)
-        return augment_and_normalize(images, seed)
+            images = _random_crop_resize(images, seed + 1, random_crop, rows=rows)
+        return augment_and_normalize(images, seed, rows)
 
     def finish(epoch_seed, batch):
         first_position, images, labels, *embedding = batch
-        seed = tf.random.experimental.stateless_fold_in(epoch_seed, first_position)
-        images = finish_images(images, seed)
+        draw_seed, rows = _draw_seed_and_rows(epoch_seed, first_position, share)
+        images = finish_images(images, draw_seed, rows)
         labels = tf.cast(labels, tf.int32)
         if mixup_alpha > 0:
+            seed = tf.random.experimental.stateless_fold_in(epoch_seed, first_position)
             label_rows = tf.one_hot(labels, num_classes, dtype=tf.float32)
             images, labels = mixup(images, label_rows, mixup_alpha, tf.random.experimental.stateless_fold_in(seed, 11))
         return images, (labels, tf.cast(embedding[0], tf.float32)) if embedding else labels
@@ -527,9 +544,11 @@ def prepare_dataset_and_classes(
         raise ValueError("random_cutout_mask_area is the share of images masked, in [0, 1]; got {!r}".format(random_cutout_mask_area))
     augment = make_augment(random_status, seed, random_cutout_mask_area) if is_train else None
     crop = random_crop if is_train and RANDOM_CROP_LEVEL <= random_status < RANDAUGMENT_LEVEL else None  # as the original
+    by_position = shard_count > 1 and not shard_description  # a shard set is split by file: no global batch to slice
+    share = (global_batch_size // (image_per_class or 1), image_per_class or 1) if by_position else None
     finish = _batch_finisher(augment, jit_compile=random_status < RANDAUGMENT_LEVEL, random_crop=crop,
                              norm=face_io.KERAS_NORM if norm is None else tuple(float(value) for value in norm),
-                             mixup_alpha=mixup_alpha, num_classes=num_classes)
+                             mixup_alpha=mixup_alpha, num_classes=num_classes, share=share)
     ds = tf.data.Dataset.zip(augment_seeds, ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     if shard_count > 1:
         steps_per_epoch = num_images // global_batch_size

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_COLLECTIVE_TIMEOUT = 1800  # seconds a worker waits for the others in one collective (a slow chief eval included)
+DEFAULT_COLLECTIVE_TIMEOUT = 1800  # seconds a worker waits for the others at an epoch end (a slow chief eval included)
 IMPLEMENTATIONS = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
     "ring": tf.distribute.experimental.CommunicationImplementation.RING,
@@ -31,7 +31,7 @@ PEER_LOST_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 
 class PeerLostError(RuntimeError):
-    """A worker of the cluster stopped answering (crashed, killed, or slower than the collective timeout)."""
+    """A worker of the cluster stopped answering (crashed, killed, or later than the epoch-end timeout)."""
 
 
 # ---------------------------------------------------------------- the cluster
@@ -59,8 +59,12 @@ def read_tf_config(environ=None):
 
 
 def cluster_strategy(timeout_seconds=DEFAULT_COLLECTIVE_TIMEOUT, implementation="auto"):
-    """`MultiWorkerMirroredStrategy` for the cluster in TF_CONFIG; every collective gives up after `timeout_seconds`.
+    """`MultiWorkerMirroredStrategy` for the cluster in TF_CONFIG. At each epoch end a worker waits up to
+    `timeout_seconds` for the others (the chief's eval and checkpoint) before giving up (`EpochEndSync`).
 
+    The training step's collectives (gradients, synchronized BatchNorm, sharded centers) have no timeout: TensorFlow
+    keeps one thread per collective with a timeout alive for that long (its docs: a debugging aid), thousands a minute
+    in training. A dead peer ends them through the coordination service's missed heartbeats (`PeerLostError`).
     Call it first in the program (before any other TensorFlow work), on every worker.
     Usage: strategy = cluster_strategy(timeout_seconds=600)
     """
@@ -69,8 +73,10 @@ def cluster_strategy(timeout_seconds=DEFAULT_COLLECTIVE_TIMEOUT, implementation=
         raise ValueError("implementation must be one of {}, got {!r}".format(sorted(IMPLEMENTATIONS), implementation))
     if not timeout_seconds or timeout_seconds <= 0:
         raise ValueError("timeout_seconds must be > 0, got {!r}".format(timeout_seconds))
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout_seconds), implementation=IMPLEMENTATIONS[implementation])
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    options = tf.distribute.experimental.CommunicationOptions(implementation=IMPLEMENTATIONS[implementation])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy.epoch_end_timeout = float(timeout_seconds)  # read by EpochEndSync
+    return strategy
 
 
 class WorkerPlace(collections.namedtuple("WorkerPlace", ["index", "count", "is_chief", "local_replicas"])):
@@ -129,22 +135,30 @@ def _as_vector(value):
     return tf.reshape(value, [1]) if value.shape.rank == 0 else value
 
 
-def prepare_model(model, element_spec):
-    """Make `model.fit` of Keras 3 run under a multi-worker strategy (Keras 3.15, TensorFlow backend):
+def prepare_model(model, element_spec, place):
+    """Make `model.fit` of Keras 3 (TensorFlow backend, 3.15) under a tf.distribute strategy read the data as one
+    device would, and run under a multi-worker strategy at all:
 
-    - `fit` first pulls one batch of the distributed input and averages it across replicas to build the model;
-      under MultiWorkerMirroredStrategy that fails, and it would draw an extra epoch of the seeded data order.
-      The model is built from the input's `element_spec` instead.
-    - Keras averages each logged scalar across workers with `reduce("MEAN", axis=0)`, which needs a batch axis;
-      the training step returns its logs as one-element vectors, averaged into scalars.
+    - a model built under a strategy's scope (any: `MirroredStrategy` on one machine too) is built by `fit` from one
+      batch it first pulls from a new iterator of the input: that draws one more epoch of the seeded data order per
+      `fit`, so the run trains other batches than one device does (and under MultiWorkerMirroredStrategy, averaging
+      the pulled per-replica batches fails). The model is built from the input's `element_spec` instead; without a
+      strategy Keras builds it at the first step and nothing changes.
+    - on several workers (`place`), Keras averages each logged scalar across workers with `reduce("MEAN", axis=0)`,
+      which needs a batch axis; the training step returns its logs as one-element vectors, averaged into scalars.
 
-    Usage: prepare_model(tt.model, dataset.element_spec)
+    Usage: prepare_model(tt.model, dataset.element_spec, worker_place(strategy))
     """
     build = type(model)._maybe_symbolic_build.__get__(model)
-    train_step = type(model).train_step.__get__(model)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=element_spec)
-    model.train_step = lambda data: {name: _as_vector(value) for name, value in train_step(data).items()}
+    if place.is_multi_worker:
+        train_step = type(model).train_step.__get__(model)
+        model.train_step = lambda data: {name: _as_vector(value) for name, value in train_step(data).items()}
     return model
+
+
+def _batchnorm_layers(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def synchronize_batchnorm(model):
@@ -153,10 +167,32 @@ def synchronize_batchnorm(model):
 
     Usage: synchronize_batchnorm(basic_model)
     """
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = _batchnorm_layers(model)
     for layer in layers:
         layer.synchronized = True
     return len(layers)
+
+
+def arrange_batchnorm(model, num_replicas, replica_batch, sync_batchnorm):
+    """`Train(sync_batchnorm=...)` on the BatchNormalization layers of `model` under `num_replicas` replicas of
+    `replica_batch` images: True synchronizes them (`synchronize_batchnorm`); False leaves them as built and says which
+    normalize each replica's own batch, so differ from one device at the global batch. One replica: nothing to do.
+
+    Usage: arrange_batchnorm(basic_model, strategy.num_replicas_in_sync, 128, sync_batchnorm=True)
+    """
+    layers = _batchnorm_layers(model)
+    if num_replicas == 1 or not layers:
+        return
+    global_batch = replica_batch * num_replicas
+    if sync_batchnorm:
+        synchronize_batchnorm(model)
+        print(">>>> sync_batchnorm: {} BatchNormalization layers use the statistics of the global batch of {}".format(len(layers), global_batch))
+        return
+    own = sum(not layer.synchronized for layer in layers)
+    if own:
+        print(">>>> BatchNormalization: {} of {} layers normalize each replica's own batch of {}, not the global batch of {}: the "
+              "model differs from one device's at the global batch; Train(sync_batchnorm=True) makes them equal".format(
+                  own, len(layers), replica_batch, global_batch))
 
 
 # ---------------------------------------------------------------- callbacks
@@ -171,12 +207,17 @@ class EpochEndSync(keras.callbacks.Callback):
     def __init__(self, strategy, place, evals=()):
         super().__init__()
         self.strategy, self.place, self.evals = strategy, place, list(evals)
+        timeout = getattr(strategy, "epoch_end_timeout", DEFAULT_COLLECTIVE_TIMEOUT)  # set by cluster_strategy
+        self._options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout))
         self._all_reduce = tf.function(self._sum_over_workers)
 
     def _sum_over_workers(self, values):
-        local_replicas = self.place.local_replicas
-        per_replica = self.strategy.run(lambda: values / local_replicas)  # every local replica adds its share
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        local_replicas, options = self.place.local_replicas, self._options
+
+        def add_share():  # every local replica adds its share, waiting at most the epoch-end timeout
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values / local_replicas, options=options)
+
+        return self.strategy.experimental_local_results(self.strategy.run(add_share))[0]
 
     def _all_reduce_sum(self, values):
         return self._all_reduce(tf.constant(values, tf.float32)).numpy()
@@ -191,10 +232,27 @@ class EpochEndSync(keras.callbacks.Callback):
             ee.cur_acc, ee.max_accuracy = float(cur_acc), float(max_accuracy)
 
 
+class GatherCheckpointState(keras.callbacks.Callback):
+    """At each epoch end, on every worker, `model.gather_checkpoint_state()` for a model whose checkpoint state is
+    spread over the workers (the sharded class centers): the all-gathers every worker joins, kept by the chief for
+    its commit.
+
+    Usage: GatherCheckpointState(place)  # after EpochEndSync, before the chief's CheckpointCommit
+    """
+
+    def __init__(self, place):
+        super().__init__()
+        self.place = place
+
+    def on_epoch_end(self, epoch, logs=None):
+        if hasattr(self.model, "gather_checkpoint_state"):
+            self.model.gather_checkpoint_state(keep=self.place.is_chief)
+
+
 def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop, history):
     """The fit callbacks of one worker: unchanged on a single worker; else `evals` and `chief_only` run on the chief
-    only, and `gently_stop` (on every worker) then an `EpochEndSync` run just before `history`, which so records
-    the chief's accuracies and stops with the others.
+    only, and `gently_stop` (on every worker), an `EpochEndSync` and a `GatherCheckpointState` run just before
+    `history`, which so records the chief's accuracies and stops with the others.
 
     Usage: arrange_callbacks(callbacks, strategy, place, tt.my_evals, [commit], tt.gently_stop, tt.my_hist)
     """
@@ -203,7 +261,7 @@ def arrange_callbacks(callbacks, strategy, place, evals, chief_only, gently_stop
     dropped = {id(cc) for cc in [*evals, *chief_only]} if not place.is_chief else set()
     kept = [cc for cc in callbacks if id(cc) not in dropped and cc is not gently_stop]
     at = kept.index(history)
-    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals)] + kept[at:]
+    return kept[:at] + [gently_stop, EpochEndSync(strategy, place, evals), GatherCheckpointState(place)] + kept[at:]
 
 
 def peer_lost_error(error, place):

@@ -83,6 +83,9 @@ class Train:
         every N batches; jit_compile=True compiles the step with XLA.
     partial_fc_sample_rate: r in (0, 1): the Partial FC cosine head (heads/partial_fc.py; `partial_fc_split=K` is
         r = 1 / K). shard_centers: True: class centers sharded across replicas (heads/sharded.py).
+    sync_batchnorm: True: under more than one replica (devices, workers) every BatchNormalization layer of the basic
+        model normalizes by the statistics of the global batch, so the run equals one device at the global batch
+        (docs/distributed.md); False (default): each replica's own batch, and a printed line says so.
     Which options combine is each head's `refuses` table (heads/registry.py).
 
     Usage: tt = Train(data_path, "save.h5", eval_paths, basic_model=basic_model); tt.train([{"loss": ..., "epoch": 1}])
@@ -125,6 +128,7 @@ class Train:
         partial_fc_sample_rate=None,
         partial_fc_split=0,
         shard_centers=False,
+        sync_batchnorm=False,
     ):
         output_weight_decay = output_weight_decay if output_wd_multiply is None else output_wd_multiply
         plans.check_train_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile, sam_rho, vpl_start_iters,
@@ -161,6 +165,7 @@ class Train:
             print(">>>> Loading pretrained weights:", pretrained)
             self.basic_model.load_weights(pretrained)
         self.img_shape = tuple(img_shape or self.basic_model.input_shape[1:3])
+        multi_worker.arrange_batchnorm(self.basic_model, self.num_replicas, batch_size, bool(sync_batchnorm))
 
         self.data_path, self.train_ds = None, None
         self.reset_dataset(data_path)
@@ -288,8 +293,7 @@ class Train:
             return (images, label) if label_input else images, targets if len(targets) > 1 else targets[0]
 
         dataset = self.train_ds.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
-        if self.worker.is_multi_worker:
-            multi_worker.prepare_model(self.model, dataset.element_spec)
+        multi_worker.prepare_model(self.model, dataset.element_spec, self.worker)
         return multi_worker.distribute_dataset(self.strategy, dataset, self.worker)
 
     # ---------------------------------------------------------------- compile

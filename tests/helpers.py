@@ -130,3 +130,31 @@ def tree_sha256(folder):
             with open(path, "rb") as ff:
                 found[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(ff.read()).hexdigest()
     return found
+
+
+def small_conv_model(with_batchnorm=True, size=32, emb=EMB):
+    """Strided conv, BatchNorm, PReLU, pooling, a Dense embedding with BatchNorm (the package's fused BatchNorm layers),
+    or the same without the BatchNorms (with biases instead): the equality tests' model of many replicas and workers."""
+    from keras_insightface import batchnorm
+
+    inputs = keras.Input((size, size, 3))
+    nn = keras.layers.Conv2D(8, 3, strides=2, use_bias=not with_batchnorm)(inputs)
+    nn = batchnorm.BatchNormalization()(nn) if with_batchnorm else nn
+    nn = keras.layers.PReLU(shared_axes=[1, 2])(nn)
+    nn = keras.layers.GlobalAveragePooling2D()(nn)
+    nn = keras.layers.Dense(emb, use_bias=not with_batchnorm)(nn)
+    nn = batchnorm.BatchNormalization(name="embedding")(nn) if with_batchnorm else keras.layers.Identity(name="embedding")(nn)
+    return keras.Model(inputs, nn, name="small")
+
+
+def with_class_centers(basic_model, classes):
+    """basic model + a `NormDense(classes)` head: a start that a dense and a sharded-centers run share."""
+    from keras_insightface import models
+
+    head = models.NormDense(classes, name="NormDense", dtype="float32")
+    return keras.Model(basic_model.inputs, head(basic_model.outputs[0]), name=basic_model.name + "_centers")
+
+
+def reversed_rows(dataset):
+    """The batches of `dataset` with their rows in reverse order: the same training in another float summation order."""
+    return dataset.map(lambda images, labels: (images[::-1], labels[::-1]))

@@ -16,6 +16,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 
+from tests.local_cluster import set_tf_config  # noqa: E402
+
 SCHEDULE_EPOCHS = 2
 
 
@@ -34,12 +36,6 @@ def parse_args(argv):
     parser.add_argument("--random_status", type=int, default=-1)
     parser.add_argument("--no_eval", action="store_true")
     return parser.parse_args(argv)
-
-
-def set_tf_config(ports, index):
-    workers = ["127.0.0.1:{}".format(port) for port in ports.split(",")]
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-    return len(workers)
 
 
 def schedule(keras, losses, epochs_done):
@@ -78,12 +74,11 @@ def main(argv=None):
     eval_paths = [] if args.no_eval else [bin_path]
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        common = dict(batch_size=args.global_batch // num_workers, lr_base=0.005, random_status=args.random_status, seed=0)
+        common = dict(batch_size=args.global_batch // num_workers, lr_base=0.005, random_status=args.random_status, seed=0, sync_batchnorm=True)
         if args.resume:
             tt = train.Train(train_dir, "mw.h5", eval_paths=eval_paths, model=args.model, **common)
         else:
             basic_model = small_basic_model(keras)
-            multi_worker.synchronize_batchnorm(basic_model)
             tt = train.Train(train_dir, "mw.h5", eval_paths=eval_paths, basic_model=basic_model, **common)
         add_test_callbacks(tt, args, keras)
         start = time.perf_counter()

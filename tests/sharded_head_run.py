@@ -14,7 +14,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_insightface import checkpoints, losses, models, sharded_head, train  # noqa: E402
-from tests.helpers import make_image_folder  # noqa: E402
+from tests.helpers import make_image_folder, reversed_rows, small_conv_model, with_class_centers  # noqa: E402
 
 CLASSES, EMB, BATCH, STEPS = 7, 8, 8, 3  # 7 classes over 2 replicas: shards of 4 columns, one padding column
 rng = np.random.default_rng(0)
@@ -164,6 +164,32 @@ def train_resume(strategy, workdir):
     }
 
 
+def train_with_batchnorm(strategy, data, name, batch_size, reorder=False):
+    """Train a BatchNorm model with sync_batchnorm and shard_centers (a dense head on one replica) under `strategy`:
+    2 epochs of SGD momentum + ArcFace at lr 0.1 on augmented data; the basic model's weights, then the centers."""
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        start = with_class_centers(small_conv_model(True, size=32), 4)
+        tt = train.Train(data, name, model=start, eval_paths=[], batch_size=batch_size, lr_base=0.1, random_status=3, random_crop=(28, 28, 3),
+                         seed=1, sync_batchnorm=True, shard_centers=True)
+        if reorder:
+            tt.train_ds = reversed_rows(tt.train_ds)
+        tt.train([{"loss": losses.ArcfaceLoss(scale=16), "epoch": 2, "optimizer": keras.optimizers.SGD(0.1, momentum=0.9)}], 0)
+    centers = tt.model.centers.get() if hasattr(tt.model, "centers") else tt.model.get_layer("NormDense").w.numpy()
+    return type(tt.model).__name__, tt.basic_model.get_weights() + [centers]
+
+
+def sharded_batchnorm_equals_one_device(strategy, workdir):
+    """2 replicas x 8 images with sharded centers and synchronized BatchNorm against one device at 16 (dense), and
+    the one-device run with its batch rows reversed (float32 rounding alone)."""
+    data = make_image_folder(os.path.join(workdir, "faces32"), num_classes=4, images_per_class=8, size=32)
+    sharded_model, sharded = train_with_batchnorm(strategy, data, "bn_sharded.h5", 8)
+    one = tf.distribute.get_strategy()
+    dense_model, dense = train_with_batchnorm(one, data, "bn_dense.h5", 16)
+    _, reordered = train_with_batchnorm(one, data, "bn_reordered.h5", 16, reorder=True)
+    return {"models": [sharded_model, dense_model], "sharded": max_difference(sharded, dense), "reordered": max_difference(reordered, dense)}
+
+
 def main(workdir):
     strategy = tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
     sgd_result, continuous = compare(strategy, lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: losses.ArcfaceLoss(scale=16))
@@ -175,6 +201,7 @@ def main(workdir):
         "resume": resume(strategy, workdir, continuous),
         "memory": memory(strategy),
         "train": train_resume(strategy, workdir),
+        "batchnorm": sharded_batchnorm_equals_one_device(strategy, workdir),
     }))
 
 

@@ -186,6 +186,28 @@ def test_float64_inputs_run_the_stock_computation(fused_calls):
     assert fused_calls == []
 
 
+# ---------------------------------------------------------------- synchronized (the global batch of all replicas)
+def test_synchronized_layer_on_one_device_matches_formula(fused_calls):
+    """One replica: the global batch is the batch; the two-pass moments give the NumPy numbers."""
+    _, fused = layer_pair(synchronized=True)
+    x = random_inputs()
+    gamma, beta, mean, variance = random_weights()
+    out = fused(x, training=True).numpy()
+    np.testing.assert_allclose(out, reference_bn(x, x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2)), gamma, beta), atol=1e-5)
+    expected_variance = variance * MOMENTUM + x.var(axis=(0, 1, 2)) * (1 - MOMENTUM)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), expected_variance, rtol=1e-6, atol=1e-6)
+    assert fused_calls == []  # the fused kernel cannot all-reduce
+
+
+def test_global_moments_keep_the_variance_of_a_large_mean():
+    """Values 4096 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance (x^2 ~ 1.7e7, float32 steps of 2 there);
+    the mean first, then the squared deviations from it, keep it."""
+    x = (4096.0 + np.random.default_rng(0).normal(0, 1, (8, 4, 4, 3))).astype("float32")
+    mean, variance = batchnorm.global_moments(tf.constant(x), [0, 1, 2])
+    np.testing.assert_allclose(mean.numpy(), x.astype("float64").mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), x.astype("float64").var(axis=(0, 1, 2)), rtol=1e-4)
+
+
 # ---------------------------------------------------------------- saving
 def small_model(layer_class, seed=0):
     keras.utils.set_random_seed(seed)

@@ -231,7 +231,7 @@ def test_random_status_3_crops_100x100_by_default_like_the_original(tmp_path, mo
     assert inspect.signature(data.prepare_dataset_and_classes).parameters["random_crop"].default == (100, 100, 3)
     assert inspect.signature(train.Train).parameters["random_crop"].default == (100, 100, 3)
     calls = []
-    monkeypatch.setattr(data, "_random_crop_resize", lambda images, seed, crop: calls.append(crop) or tf.cast(images, tf.float32))
+    monkeypatch.setattr(data, "_random_crop_resize", lambda images, seed, crop, rows=None: calls.append(crop) or tf.cast(images, tf.float32))
     root = str(tmp_path / "crop_default")
     half_image_folder(root, 8, 0, 255)
     for status in (2, 3, 100):

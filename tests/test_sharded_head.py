@@ -90,6 +90,14 @@ def test_train_shard_centers_checkpoints_dense_and_resumes_equal_to_the_dense_he
         assert result[key] < TOLERANCE, (key, result)
 
 
+def test_two_replicas_with_synchronized_batchnorm_equal_one_device_at_the_global_batch(two_replicas):
+    """Train(shard_centers=True, sync_batchnorm=True), 2 replicas x 8 against one device x 16 (tests/sharded_head_run.py):
+    equal to TOLERANCE, or to twice what reversing the batch rows does to the one-device run (float32 rounding)."""
+    result = two_replicas["batchnorm"]
+    assert result["models"] == ["ShardedHeadModel", "Functional"]
+    assert result["sharded"] <= max(TOLERANCE, 2 * result["reordered"]), result
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [

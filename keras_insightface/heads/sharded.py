@@ -21,6 +21,7 @@ Usage:
     model.fit(images_and_integer_labels)
     model.dense_model().save("model.keras")  # basic model + NormDense holding every class center
 """
+import dataclasses
 import math
 import os
 
@@ -82,11 +83,20 @@ def shard_step(optimizer, rule, kernel, slots, gradient):
 
 
 # ---------------------------------------------------------------- the sharded matrices
+def local_replica_ids(strategy):
+    """The replica ids (`replica_id_in_sync_group`) of this process's devices under `strategy`, in device order: all of
+    them on one machine, this worker's under a multi-worker strategy.  Usage: ids = local_replica_ids(strategy)"""
+    ids = strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group)
+    return [int(tf.get_static_value(replica_id)) for replica_id in strategy.experimental_local_results(ids)]
+
+
 class ShardedCenters:
     """The `(emb, classes)` class-center matrix split by columns over the replicas of `strategy`, plus slot matrices.
 
     Each matrix is a `SyncOnRead` variable of shape `(emb, shard_units)`: in a replica it reads and updates that
-    replica's own shard; `get` / `set` move the whole matrix to and from the host, one shard at a time.
+    replica's own shard (shard r holds the columns of replica r); this process holds the shards of its own devices
+    (`shard_ids`). `set` splits a whole matrix from the host into them; `get` gathers it: under a multi-worker strategy
+    an all-gather across the workers, so every worker calls it at the same point.
     Usage: centers = ShardedCenters(512, 1_000_000, tf.distribute.get_strategy()); full = centers.get()
     """
 
@@ -94,6 +104,8 @@ class ShardedCenters:
         self.emb_shape, self.classes, self.strategy = int(emb_shape), int(classes), strategy
         self.num_shards = strategy.num_replicas_in_sync
         self.shard_units = shard_units(classes, self.num_shards)
+        self.shard_ids = local_replica_ids(strategy)
+        self._gather = tf.function(self._all_gather)
         self.kernel = self._new_matrix("sharded_norm_dense_w")
         self.slots = {}
         self._initialize_kernel(seed)
@@ -106,19 +118,27 @@ class ShardedCenters:
             )
 
     def _initialize_kernel(self, seed):
-        """Glorot normal of the full `(emb, classes)` shape, drawn shard by shard on the shard's device."""
+        """Glorot normal of the full `(emb, classes)` shape, drawn shard by shard on the shard's device: shard r from
+        the seed pair (seed, r), the same on any worker (without a seed, from fresh random state)."""
         stddev = math.sqrt(2.0 / (self.emb_shape + self.classes)) / _GLOROT_TRUNCATION
-        generator = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.Generator.from_non_deterministic_state()
-        for shard_id, shard in enumerate(self.shards(self.kernel)):
+        generator = tf.random.Generator.from_non_deterministic_state() if seed is None else None
+        for shard_id, shard in self.local_shards(self.kernel):
             with tf.device(shard.device):
-                shard.assign(generator.truncated_normal(shard.shape, stddev=stddev))
+                if generator is None:
+                    shard.assign(tf.random.stateless_truncated_normal(shard.shape, [int(seed), shard_id], stddev=stddev))
+                else:
+                    shard.assign(generator.truncated_normal(shard.shape, stddev=stddev))
                 padding_from = max(self.classes - shard_id * self.shard_units, 0)
                 if padding_from < self.shard_units:
                     shard[:, padding_from:].assign(tf.zeros((self.emb_shape, self.shard_units - padding_from)))
 
     def shards(self, matrix):
-        """The per-device components of `matrix`, in replica order."""
+        """The components of `matrix` on this process's devices, in device order."""
         return self.strategy.experimental_local_results(matrix)
+
+    def local_shards(self, matrix):
+        """(shard id, component) of `matrix` for each of this process's devices."""
+        return list(zip(self.shard_ids, self.shards(matrix)))
 
     def build_slots(self, names):
         """Zero slot matrices (optimizer state) named `names`, created once."""
@@ -127,17 +147,25 @@ class ShardedCenters:
                 self.slots[name] = self._new_matrix("sharded_norm_dense_" + name)
 
     def get(self, matrix=None):
-        """The full `(emb, classes)` numpy matrix of `matrix` (default: the kernel)."""
+        """The full `(emb, classes)` numpy matrix of `matrix` (default: the kernel); across workers an all-gather."""
         matrix = self.kernel if matrix is None else matrix
-        return np.concatenate([shard.numpy() for shard in self.shards(matrix)], axis=1)[:, : self.classes]
+        if len(self.shard_ids) == self.num_shards:
+            full = np.concatenate([shard.numpy() for shard in self.shards(matrix)], axis=1)
+        else:
+            full = self.strategy.experimental_local_results(self._gather(matrix))[0].numpy()
+        return full[:, : self.classes]
+
+    def _all_gather(self, matrix):
+        """Every replica's shard of `matrix`, concatenated in replica order, on every replica."""
+        return self.strategy.run(lambda: tf.distribute.get_replica_context().all_gather(tf.identity(matrix), axis=1))
 
     def set(self, values, matrix=None):
-        """Split the full `(emb, classes)` `values` over the shards of `matrix` (default: the kernel)."""
+        """Split the full `(emb, classes)` `values` over this process's shards of `matrix` (default: the kernel)."""
         matrix = self.kernel if matrix is None else matrix
         values = np.asarray(values, dtype="float32")
         if values.shape != (self.emb_shape, self.classes):
             raise ValueError("ShardedCenters.set: expected a matrix of shape {}, got {}".format((self.emb_shape, self.classes), values.shape))
-        for shard_id, shard in enumerate(self.shards(matrix)):
+        for shard_id, shard in self.local_shards(matrix):
             columns = values[:, shard_id * self.shard_units : (shard_id + 1) * self.shard_units]
             shard.assign(np.pad(columns, ((0, 0), (0, self.shard_units - columns.shape[1]))))
 
@@ -234,6 +262,15 @@ def _copy_values(sources, targets):
         raise ValueError("ShardedHeadModel: optimizer states do not match ({} and {} variables)".format(len(sources), len(targets)))
     for source, target in zip(sources, targets):
         target.assign(keras.ops.convert_to_numpy(source))
+
+
+@dataclasses.dataclass
+class _GatheredState:
+    """The checkpoint state (dense model, optimizer) gathered at optimizer step `step` (a plain object: Keras does not
+    track the models inside it as the sharded model's own state)."""
+
+    step: int
+    state: tuple
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
@@ -377,9 +414,22 @@ class ShardedHeadModel(keras.Model):
         self.dense_model().save(filepath, *args, **kwargs)
 
     def checkpoint_state(self):
-        """(dense model, its optimizer) holding the whole state: what `myCallbacks.CheckpointCommit` writes."""
+        """(dense model, its optimizer) holding the whole state: what `myCallbacks.CheckpointCommit` writes. The state
+        `gather_checkpoint_state` kept at this step when there is one (handed over once), else gathered now."""
+        gathered, self._gathered_state = getattr(self, "_gathered_state", None), None
+        if gathered is not None and gathered.step == int(self.optimizer.iterations.numpy()):
+            return gathered.state
         dense_model = self.dense_model()
         return dense_model, self.dense_optimizer(dense_model)
+
+    def gather_checkpoint_state(self, keep=True):
+        """Gather `checkpoint_state()` now, kept for this step when `keep` (a full dense copy in host memory). Under a
+        multi-worker strategy every worker calls it at the same point (all-gathers of the shards;
+        `multi_worker.GatherCheckpointState`), the chief keeping it, so that it alone then writes the checkpoint.
+        Usage: model.gather_checkpoint_state(keep=is_chief)"""
+        self._gathered_state = None
+        state = self.checkpoint_state()
+        self._gathered_state = _GatheredState(int(self.optimizer.iterations.numpy()), state) if keep else None
 
     def load_checkpoint(self, model_path, optimizer_path=None):
         """Continue from a checkpoint written under any number of replicas: the full model file and, when given and
@@ -465,7 +515,7 @@ class ShardedHead(OutputHead):
     def training_model(self, basic_model, extra_outputs, loss, sam_rho, name):
         if self.model is None:
             self.model = ShardedHeadModel(basic_model, self.request.classes, kernel_regularizer=self.options.kernel_regularizer,
-                                          dense_head=self._start_head)
+                                          seed=self.options.seed, dense_head=self._start_head)
         return self.model
 
     def wrap_loss(self, loss):
