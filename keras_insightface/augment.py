@@ -108,7 +108,7 @@ def cutout_lower_part(images, seed_pair, probability, fill=128.0, rows=None):
     """With `probability` per image, fill the rows below a random height in [0.55 H, 0.7 W) with `fill`: the
     original's `random_cutout_mask_area`, a stand-in for a face mask (`rows`: see `batch_uniform`).
     Usage: cutout_lower_part(images, seed, 0.3)"""
-    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    height, width = images.shape[1], images.shape[2]
     low, high = int(height * 0.55), int(width * 0.7)
     draws = batch_uniform(images, [2], seed_pair, rows)
     kept_rows = low + tf.cast(tf.floor(draws[:, 1] * (high - low)), tf.int32)
