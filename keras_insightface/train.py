@@ -23,8 +23,6 @@ import keras
 import tensorflow as tf
 
 from . import checkpoints, data, evals, face_io, heads, io_utils, losses, models, multi_worker, myCallbacks, plans, triplet_mining
-from .heads import partial_fc
-from .heads.base import HeadOptions, HeadRequest
 from .losses import guess_loss_type  # noqa: F401  (train.guess_loss_type, the seed's name)
 from .model_interf import load_teacher
 
@@ -134,7 +132,7 @@ class Train:
         plans.check_train_arguments(batch_size, output_weight_decay, lr_base, steps_per_execution, jit_compile, sam_rho, vpl_start_iters,
                                     vpl_allowed_delta)
         self.steps_per_execution, self.jit_compile = steps_per_execution, jit_compile
-        self.partial_fc_sample_rate = partial_fc.sample_rate_of(partial_fc_sample_rate, partial_fc_split)
+        self.partial_fc_sample_rate = heads.partial_fc.sample_rate_of(partial_fc_sample_rate, partial_fc_split)
         self.shard_centers, self.mixup_alpha = bool(shard_centers), data.check_mixup_alpha(mixup_alpha)
         self.sam_rho, self.vpl_start_iters, self.vpl_allowed_delta = float(sam_rho), vpl_start_iters, vpl_allowed_delta
         self.strategy = tf.distribute.get_strategy()
@@ -224,7 +222,7 @@ class Train:
         return self.head.layer if self.head is not None and self.head.layer is not None else None
 
     def _head_options(self):
-        return HeadOptions(
+        return heads.HeadOptions(
             partial_fc_sample_rate=self.partial_fc_sample_rate, vpl_start_iters=self.vpl_start_iters, vpl_allowed_delta=self.vpl_allowed_delta,
             shard_centers=self.shard_centers, num_replicas=self.num_replicas, seed=self.seed, mixup_alpha=self.mixup_alpha,
             sam_rho=self.sam_rho, jit_compile=self.jit_compile,
@@ -232,7 +230,7 @@ class Train:
 
     def _plan_head(self, loss_type, loss_top_k, append_norm, extra_outputs=(), loss=None):
         """The output head of a plan: the current one when it serves, else a new one; a class head becomes current."""
-        request = HeadRequest(loss_type, self.classes, loss_top_k, append_norm, tuple(extra_outputs), loss, self.steps_per_epoch)
+        request = heads.HeadRequest(loss_type, self.classes, loss_top_k, append_norm, tuple(extra_outputs), loss, self.steps_per_epoch)
         regularizer = plans.output_regularizer(self.output_weight_decay, self.basic_model)
         options = dataclasses.replace(self._head_options(), kernel_regularizer=regularizer)
         head = heads.plan_head(request, options, self.head, self.basic_model.outputs[0].shape)
