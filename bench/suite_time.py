@@ -107,14 +107,14 @@ def main(argv=None):
             sys.stderr.write("{} of the {} tests at --before are also at --after\n".format(len(common), len(before_ids)))
         for round_index in range(1, args.rounds + 1):
             for side in ("before", "after"):
-                load_start = load_average()
+                load_start, description = load_average(), machine()  # before the run: the suite itself loads it
                 keep = (plugin_folder, ids_path) if side == "after" and args.common else (None, None)
                 seconds, returncode, summary = run_suite(trees[side], args.pytest_args, *keep)
                 print(json.dumps({
                     "name": "test_suite", "side": side, "commit": commits[side][:12], "round": round_index,
                     "tests": "common with --before" if keep[0] else "all", "metric": "wall_time",
                     "value": round(seconds, 1), "unit": "s", "returncode": returncode, "summary": summary,
-                    "load_average_start": load_start, "load_average_end": load_average(), "machine": machine(),
+                    "load_average_start": load_start, "load_average_end": load_average(), "machine": description,
                 }), flush=True)
 
 

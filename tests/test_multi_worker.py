@@ -13,6 +13,9 @@ import tensorflow as tf
 from keras_insightface import data, multi_worker
 from tests.local_cluster import free_ports
 
+# The module's processes start once: its tests all run in one pytest-xdist worker (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("multi_worker")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_REC = os.path.join(REPO, "tests", "data", "faces_rec")
 

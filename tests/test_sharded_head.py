@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from keras_insightface import losses, optimizers, sharded_head
 
+# The module's processes start once: its tests all run in one pytest-xdist worker (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sharded_head")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
 

@@ -15,6 +15,9 @@ import pytest
 
 from tests.local_cluster import free_ports
 
+# The module's processes start once: its tests all run in one pytest-xdist worker (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("worker_equality")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE, ROUNDING_FACTOR = 1e-5, 2.0
 CASES = ["sgd_arcface", "sgdw_arcface", "adamw_arcface", "sgd_softmax", "sgdw_softmax", "adamw_softmax", "sgd_arcface_no_batchnorm",
